@@ -1,0 +1,55 @@
+"""The ``cones2`` command: a thin shell over the Python API.
+
+Each command group lives in its own module and registers itself on :data:`main`.
+Modules import heavy libraries (torch, diffusers, transformers) inside the commands
+that need them, so catalogue commands start fast. Every :class:`~cones2.errors.Cones2Error`
+becomes one line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import Cones2Error
+
+
+class Cones2Group(click.Group):
+    """Turns cones2's own errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Cones2Error as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Cones2Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cones2")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="cones2 home folder (catalogue, blobs, caches). Default: $CONES2_HOME or the user data folder.",
+)
+def main(home: str | None) -> None:
+    """cones2: compose personalised subjects (Cones 2 residuals) into Stable Diffusion images."""
+    if home:
+        os.environ["CONES2_HOME"] = os.path.abspath(home)
+
+
+def _register() -> None:
+    from . import base_model, quickstart
+
+    for module in (base_model, quickstart):
+        module.register(main)
+
+
+_register()

@@ -1,0 +1,93 @@
+"""The end-to-end demo behind ``cones2 quickstart``: runs on the demo model, offline.
+
+It makes two subject residuals (from stand-in "tuned" encoders: copies of the base
+encoder whose word embedding is nudged, since training is not part of the demo), saves
+them as residual files, and composes them into the embeddings of one prompt, reporting
+which token positions changed and by how much.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEMO_SUBJECTS = {"dog": "dog-max", "mug": "mug-red"}
+DEMO_PROMPT = "a dog and a mug on the beach"
+
+
+@dataclass
+class QuickstartResult:
+    model: str
+    fingerprint: str
+    prompt: str
+    residual_files: dict[str, str]
+    residual_sizes: dict[str, int]
+    changed_positions: dict[str, list[int]]
+    change_norms: dict[str, float]
+    unchanged_max_abs: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stand_in_tuned_encoder(encoder: Any, token_ids: list[int], seed: int, strength: float = 0.5) -> Any:
+    """A copy of ``encoder`` whose embeddings of ``token_ids`` are shifted at random."""
+    import torch
+
+    tuned = copy.deepcopy(encoder)
+    gen = torch.Generator().manual_seed(seed)
+    emb = tuned.get_input_embeddings().weight
+    with torch.no_grad():
+        for t in token_ids:
+            emb[t] += strength * torch.randn(emb.shape[1], generator=gen) * emb[t].std()
+    return tuned
+
+
+def run_quickstart(out_dir: str | Path, model: str | None = None, seed: int = 0) -> QuickstartResult:
+    import torch
+
+    from .base_model import load_text_encoder, model_info
+    from .residual import apply_residuals, compute_residual, word_token_ids
+    from .residual_file import make_residual, read_residual
+
+    info = model_info(model)
+    tokenizer, encoder = load_text_encoder(info.path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    residuals = {}
+    for i, (word, name) in enumerate(DEMO_SUBJECTS.items()):
+        ids = word_token_ids(tokenizer, word)
+        tuned = stand_in_tuned_encoder(encoder, ids, seed=seed + i)
+        delta = compute_residual(encoder, tuned, tokenizer, word)
+        rf = make_residual(delta, word, ids, info.fingerprint, {"name": name, "demo": True})
+        path = rf.save(out_dir / f"{name}.safetensors")
+        files[word], sizes[word] = str(path), path.stat().st_size
+        residuals[word] = read_residual(path)
+    ids = tokenizer([DEMO_PROMPT], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = encoder(ids)[0]
+    composed = apply_residuals(base, ids, residuals, tokenizer=tokenizer)
+    diff = (composed - base)[0].norm(dim=-1)
+    changed = [int(p) for p in torch.nonzero(diff).flatten()]
+    positions = {w: [p for p in changed if p in _positions(tokenizer, w)] for w in DEMO_SUBJECTS}
+    norms = {w: float(diff[positions[w]].norm()) for w in DEMO_SUBJECTS}
+    unchanged = [p for p in range(ids.shape[1]) if p not in changed]
+    return QuickstartResult(
+        model=info.source,
+        fingerprint=info.fingerprint,
+        prompt=DEMO_PROMPT,
+        residual_files=files,
+        residual_sizes=sizes,
+        changed_positions=positions,
+        change_norms=norms,
+        unchanged_max_abs=float((composed - base)[0, unchanged].abs().max()),
+        extra={"is_demo": info.is_demo, "token_count": int((ids[0] != tokenizer.pad_token_id).sum())},
+    )
+
+
+def _positions(tokenizer: Any, word: str) -> list[int]:
+    from .residual import locate_word
+
+    return locate_word(tokenizer, DEMO_PROMPT, word)
