@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import threading
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,9 +72,9 @@ def card_tags(readme: bytes | None) -> list[str]:
 class HubError(Exception):
     """An HTTP error answered as ``{"error": message}`` (+ ``X-Error-Code`` when given)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra
 
 
 @dataclass
@@ -106,6 +107,9 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     hub: HubServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # only dropped connections get here; _Handler answers every other error
+
 
 class HubServer:
     """A Hub on 127.0.0.1 (free port), served from a background thread.
@@ -126,9 +130,7 @@ class HubServer:
         self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.hub = self
         self.endpoint = f"http://{host}:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="hub-server", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     # -- lifecycle / test helpers -------------------------------------------------
@@ -216,11 +218,7 @@ class HubServer:
             if parts == ["repos", "create"] and method == "POST":
                 return self._create_repo(json.loads(body or b"{}"), base)
             if parts == ["repos", "delete"] and method == "DELETE":
-                req = json.loads(body or b"{}")
-                key = (
-                    req.get("type") or "model",
-                    f"{req.get('organization') or 'user'}/{req['name']}",
-                )
+                key = _repo_key(json.loads(body or b"{}"))
                 self._repo(*key)
                 del self._repos[key]
                 return {}
@@ -258,18 +256,16 @@ class HubServer:
             raise HubError(404, "Not Found")
 
     def _create_repo(self, req: dict[str, Any], base: str) -> Any:
-        repo_type = req.get("type") or "model"
+        repo_type, repo_id = key = _repo_key(req)
         if repo_type not in REPO_TYPES:
             raise HubError(400, f"Invalid repo type: {repo_type}")
-        repo_id = f"{req.get('organization') or 'user'}/{req['name']}"
         url = self._repo_url(base, repo_type, repo_id)
-        if (repo_type, repo_id) in self._repos:
-            raise _Conflict({"error": "You already created this repo", "url": url})
-        repo = Repo(repo_type, repo_id, _now())
+        if key in self._repos:  # the client reads "url" even from this 409 (exist_ok=True)
+            raise HubError(409, "You already created this repo", url=url)
+        repo = self._repos[key] = Repo(repo_type, repo_id, _now())
         repo.branches["main"] = self._new_commit(
-            repo, {".gitattributes": GITATTRIBUTES}, "initial commit", ""
+            repo, {".gitattributes": GITATTRIBUTES}, "init", ""
         )
-        self._repos[(repo_type, repo_id)] = repo
         return {"url": url, "name": repo_id}
 
     def _info(self, repo: Repo, commit: Commit, siblings: bool) -> dict[str, Any]:
@@ -329,28 +325,15 @@ class HubServer:
 
     def _refs(self, repo: Repo, include_prs: bool) -> dict[str, Any]:
         def refs(kind: str, table: dict[str, str]) -> list[dict[str, str]]:
-            return [
-                {"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": table[n]}
-                for n in sorted(table)
-            ]
+            return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": table[n]} for n in table]
 
-        out: dict[str, Any] = {
-            "branches": refs("heads", repo.branches),
-            "tags": refs("tags", repo.tags),
-            "converts": [],
-        }
-        if include_prs:
-            out["pullRequests"] = []
-        return out
+        out = {"branches": refs("heads", repo.branches), "tags": refs("tags", repo.tags)}
+        return {**out, "converts": [], **({"pullRequests": []} if include_prs else {})}
 
     def _preupload(self, repo: Repo, commit: Commit, req: dict[str, Any]) -> dict[str, Any]:
         out = []
         for f in req.get("files", []):
-            entry: dict[str, Any] = {
-                "path": f["path"],
-                "uploadMode": "regular",
-                "shouldIgnore": False,
-            }
+            entry = {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
             if f["path"] in commit.files:
                 entry["oid"] = git_blob_sha1(commit.files[f["path"]])
             out.append(entry)
@@ -372,12 +355,8 @@ class HubServer:
             key, value = op.get("key"), op.get("value", {})
             path = value.get("path", "").strip("/")
             if key == "file":
-                content = value.get("content", "")
-                files[path] = (
-                    base64.b64decode(content)
-                    if value.get("encoding") == "base64"
-                    else content.encode()
-                )
+                raw, b64 = value.get("content", ""), value.get("encoding") == "base64"
+                files[path] = base64.b64decode(raw) if b64 else raw.encode()
             elif key == "deletedFile":
                 if files.pop(path, None) is None:
                     raise HubError(404, f"File {path} does not exist", "EntryNotFound")
@@ -388,16 +367,11 @@ class HubServer:
                 for p in doomed:
                     del files[p]
             else:
-                raise HubError(
-                    400,
-                    f"Unsupported commit operation {key!r} (this server only does regular files)",
-                )
+                raise HubError(400, f"Unsupported commit operation {key!r}: only inline files")
         oid = self._new_commit(repo, files, header.get("summary", ""), head)
         repo.branches[branch] = oid
-        return {
-            "commitUrl": f"{self._repo_url(base, repo.repo_type, repo.repo_id)}/commit/{oid}",
-            "commitOid": oid,
-        }
+        url = self._repo_url(base, repo.repo_type, repo.repo_id)
+        return {"commitUrl": f"{url}/commit/{oid}", "commitOid": oid}
 
     def _create_tag(self, repo: Repo, commit: Commit, req: dict[str, Any]) -> dict[str, Any]:
         tag = req.get("tag") or ""
@@ -417,132 +391,106 @@ class HubServer:
             return commit.oid, commit.files[path]
 
 
-class _Conflict(HubError):
-    """409 whose body carries extra keys (create_repo's ``url``)."""
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        super().__init__(409, payload["error"])
-        self.payload = payload
+def _repo_key(req: dict[str, Any]) -> tuple[str, str]:
+    """(type, "ns/name") of a create/delete request; no organization means the user "user"."""
+    return req.get("type") or "model", f"{req.get('organization') or 'user'}/{req['name']}"
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else header+body writes hit delayed ACKs (40 ms each)
     timeout = 60
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _dispatch(self, method: str) -> None:
-        hub = self.server.hub
-        url = urlsplit(self.path)
-        hub._record(method, url.path)
+    def _dispatch(self) -> None:
+        hub, url = self.server.hub, urlsplit(self.path)
+        hub._record(self.command, url.path)
+        # Revisions and tree paths arrive as quote(x, safe=""): split first, then unquote.
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         try:
-            body = self._read_body() if method in ("POST", "DELETE") else b""
-            if parts[:1] == ["api"]:
-                base = f"http://{self.headers.get('Host') or hub.endpoint.removeprefix('http://')}"
-                payload = hub.handle_api(method, parts[1:], parse_qs(url.query), body, base)
-                self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-            else:
-                self._resolve(method, parts)
-        except HubError as e:
-            payload = getattr(e, "payload", {"error": e.message})
+            body = self._read_body() if self.command in ("POST", "DELETE") else b""
+            if parts[0] != "api":
+                return self._resolve(parts)
+            base = f"http://{self.headers.get('Host') or hub.endpoint.removeprefix('http://')}"
+            payload = hub.handle_api(self.command, parts[1:], parse_qs(url.query), body, base)
+            self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        except Exception as e:  # every failure becomes an HTTP answer
+            if isinstance(e, HubError):
+                err = e
+            elif isinstance(e, (KeyError, ValueError)):
+                err = HubError(400, f"Bad request: {e!r}")
+            else:  # a bug in this server: show it, and answer 500 (the client would retry a drop)
+                traceback.print_exc()
+                err = HubError(500, f"Test Hub server error: {e!r}")
             headers = {"Content-Type": "application/json"}
-            if e.code:
-                headers.update({"X-Error-Code": e.code, "X-Error-Message": e.message})
-            self._send(e.status, json.dumps(payload).encode(), headers)
-        except (KeyError, ValueError) as e:  # malformed request
+            if err.code:
+                headers.update({"X-Error-Code": err.code, "X-Error-Message": err.message})
             self._send(
-                400,
-                json.dumps({"error": f"Bad request: {e!r}"}).encode(),
-                {"Content-Type": "application/json"},
+                err.status, json.dumps({"error": err.message, **err.extra}).encode(), headers
             )
 
-    def _resolve(self, method: str, parts: list[str]) -> None:
+    do_GET = do_HEAD = do_POST = do_DELETE = _dispatch
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+    def _resolve(self, parts: list[str]) -> None:
+        """HEAD/GET [/datasets|/spaces]/{ns}/{name}/resolve/{rev}/{path}."""
         repo_type = "model"
-        if (
-            parts
-            and parts[0] in ("datasets", "spaces")
-            and len(parts) > 3
-            and parts[3] == "resolve"
-        ):
+        if parts[0] in ("datasets", "spaces") and parts[3:4] == ["resolve"]:
             repo_type, parts = parts[0][:-1], parts[1:]
-        if method not in ("GET", "HEAD") or len(parts) < 5 or parts[2] != "resolve":
+        if self.command not in ("GET", "HEAD") or len(parts) < 5 or parts[2] != "resolve":
             raise HubError(404, "Not Found")
-        commit, data = self.server.hub.lookup_file(
-            repo_type, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
-        )
+        repo_id, rev, path = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+        commit, data = self.server.hub.lookup_file(repo_type, repo_id, rev, path)
         headers = {
             "Content-Type": "application/octet-stream",
             "X-Repo-Commit": commit,
             "ETag": f'"{git_blob_sha1(data)}"',
             "Accept-Ranges": "bytes",
         }
-        status, start, end = 200, 0, len(data)
+        status, start, end, size = 200, 0, len(data), len(data)
         range_header = self.headers.get("Range", "")
-        if range_header.startswith("bytes=") and method == "GET":
-            first, _, last = range_header[6:].split(",")[0].partition("-")
-            start, end = int(first or 0), min(int(last) + 1 if last else len(data), len(data))
-            if start >= len(data) or start >= end:
-                headers["Content-Range"] = f"bytes */{len(data)}"
-                self._send(416, b"", headers)
+        if range_header.startswith("bytes=") and self.command == "GET":
+            first, _, last = range_header[6:].split(",")[0].strip().partition("-")
+            if first:  # "bytes=N-" (what the client sends to resume) or "bytes=N-M"
+                start, end = int(first), min(int(last) + 1 if last else size, size)
+            else:  # suffix range "bytes=-N"
+                start = max(size - int(last), 0)
+            if start >= end:
+                self._send(416, b"", {**headers, "Content-Range": f"bytes */{size}"})
                 return
-            status, headers["Content-Range"] = 206, f"bytes {start}-{end - 1}/{len(data)}"
+            status, headers["Content-Range"] = 206, f"bytes {start}-{end - 1}/{size}"
         body = data[start:end]
-        if method == "HEAD":
-            self._send(status, b"", headers, content_length=len(body))
-            return
-        cut = self.server.hub._take_failure()
-        sent = self._send(
-            status, body if cut is None else body[:cut], headers, content_length=len(body)
-        )
-        self.server.hub._count(sent)
+        cut = self.server.hub._take_failure() if self.command == "GET" else None
+        self._send(status, body if cut is None else body[:cut], headers, length=len(body))
+        if self.command == "GET":
+            self.server.hub._count(len(body) if cut is None else len(body[:cut]))
         if cut is not None:
-            self.close_connection = True
+            self.close_connection = True  # Content-Length promised more: the client sees a cut
 
-    def _send(
-        self, status: int, body: bytes, headers: dict[str, str], content_length: int | None = None
-    ) -> int:
-        """Send a response; returns the number of body bytes written."""
+    def _send(self, status: int, body: bytes, headers: dict[str, str], length: int = -1) -> None:
+        """Send a response with Content-Length (``length`` overrides it; HEAD sends no body)."""
         self.send_response(status)
-        for key, value in headers.items():
+        for key, value in {**headers, "Content-Length": str(max(length, len(body)))}.items():
             self.send_header(key, value)
-        self.send_header(
-            "Content-Length", str(len(body) if content_length is None else content_length)
-        )
         self.end_headers()
-        try:
-            if self.command != "HEAD" and body:
-                self.wfile.write(body)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-            return 0
-        return len(body) if self.command != "HEAD" else 0
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 def start_hub_server() -> HubServer:
