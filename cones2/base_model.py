@@ -235,6 +235,7 @@ def model_info(model: str | os.PathLike[str] | None = None) -> BaseModelInfo:
     from .demo_model import is_demo_model
 
     source, path = resolve_model_path(model)
+    _relevant_files(path)  # a clear error for folders that are not SD models
     try:
         config = json.loads((path / "text_encoder" / "config.json").read_text())
     except (OSError, ValueError):

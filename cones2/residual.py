@@ -22,7 +22,6 @@ from .errors import TokenLocationError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .residual_file import ResidualFile
 
 # Prompt templates the residual is averaged over: varied framing, style and article so
 # the mean keeps what is specific to the subject and averages context away.
@@ -145,6 +144,10 @@ def locate_in_ids(
                 raise TokenLocationError(f"subject {str(key)!r} is cut off by the {len(row)}-token limit in {where}")
     if found:
         raise TokenLocationError(f"subject {str(key)!r}: {where} has only {len(found)} occurrence(s) of {key.word!r}")
+    if _is_full(row, eos_id):
+        raise TokenLocationError(
+            f"subject word {key.word!r} does not occur in {where}, which fills the {len(row)}-token limit: it may be cut off"
+        )
     raise TokenLocationError(f"subject word {key.word!r} does not occur in {where}")
 
 

@@ -72,8 +72,6 @@ class ResidualFile:
 
     def to_bytes(self) -> bytes:
         """Serialise to the version-1 safetensors bytes (deterministic for equal content)."""
-        from safetensors.numpy import save
-
         meta = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
@@ -84,7 +82,7 @@ class ResidualFile:
             "dtype": self.dtype,
             "meta": json.dumps(self.metadata, sort_keys=True, separators=(",", ":")),
         }
-        return save({TENSOR_NAME: np.ascontiguousarray(self.residual)}, metadata=meta)
+        return _serialise(np.ascontiguousarray(self.residual), meta)
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
@@ -103,6 +101,25 @@ class ResidualFile:
         if dtype not in _DTYPES:
             raise InvalidResidualError(f"residual: unsupported dtype {dtype!r} (float32 or float16)")
         return ResidualFile(self.residual.astype(_DTYPES[dtype][1]), self.word, self.token_ids, self.base_fingerprint, dict(self.metadata))
+
+
+def _serialise(array: np.ndarray, meta: dict[str, str]) -> bytes:
+    """Canonical safetensors bytes: sorted header keys, space padding to 8 bytes.
+
+    safetensors' own writer orders metadata by a hash map, so the same residual could give
+    different bytes (and content hashes) in two processes. This writer follows the same
+    file format (little-endian u64 header length, JSON header, raw little-endian data)
+    with one fixed layout, so equal content always has the same sha256.
+    """
+    code = _DTYPES[str(array.dtype)][0]
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    header = {
+        "__metadata__": meta,
+        TENSOR_NAME: {"dtype": code, "shape": list(array.shape), "data_offsets": [0, len(data)]},
+    }
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data
 
 
 def validate_residual_array(array: np.ndarray, token_ids: tuple[int, ...] | list[int], source: str, hidden_size: int | None = None) -> None:

@@ -1,0 +1,5 @@
+"""``python -m cones2`` runs the command line."""
+
+from .cli import main
+
+main()
