@@ -37,3 +37,13 @@ def demo_text_encoder(demo_model_dir: Path):
     from cones2.base_model import load_text_encoder
 
     return load_text_encoder(str(demo_model_dir))
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """A Hub-compatible HTTP server on 127.0.0.1 (tests/hub_server.py), one per session."""
+    from hub_server import start_hub_server
+
+    server = start_hub_server()
+    yield server
+    server.stop()

@@ -10,12 +10,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer, card_tags, git_blob_sha1, start_hub_server
+from hub_server import HubServer, card_tags, git_blob_sha1
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -31,13 +30,6 @@ from huggingface_hub.errors import (
 )
 
 TOKEN = "dummy"
-
-
-@pytest.fixture(scope="session")
-def hub_server() -> Iterator[HubServer]:
-    server = start_hub_server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
