@@ -43,6 +43,10 @@ def main(home: str | None) -> None:
     """cones2: compose personalised subjects (Cones 2 residuals) into Stable Diffusion images."""
     if home:
         os.environ["CONES2_HOME"] = os.path.abspath(home)
+    # Library chatter (missing optional backends, deprecations) is not for CLI users;
+    # these are read when transformers/diffusers are first imported, later, lazily.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def _register() -> None:
