@@ -1,0 +1,46 @@
+"""A picture of a layout: each region filled in its own colour, outlined and labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
+]
+
+
+def render_layout_preview(layout: Any, width: int = 512, height: int = 512, background: tuple[int, int, int] = (245, 245, 245)) -> Any:
+    """An RGB PIL image of ``width x height`` showing every region of ``layout``."""
+    from PIL import Image, ImageDraw
+
+    layout.check_size(height, width)
+    canvas = np.zeros((height, width, 3), dtype=np.float32) + np.array(background, dtype=np.float32)
+    cells = layout.cells(height, width)
+    for i, region in enumerate(layout.regions):
+        colour = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
+        inside = cells[region.subject]
+        canvas[inside] = canvas[inside] * 0.45 + colour * 0.55
+    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for i, region in enumerate(layout.regions):
+        colour = PALETTE[i % len(PALETTE)]
+        inside = cells[region.subject]
+        ys, xs = np.nonzero(inside)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(width, height) // 128))
+        label = f"{region.subject} ({region.weight_in:g})"
+        tw = 6 * len(label) + 6
+        draw.rectangle([x0, y0, x0 + tw, y0 + 12], fill=colour)
+        draw.text((x0 + 3, y0), label, fill=(255, 255, 255))
+    return image
+
+
+def save_layout_preview(layout: Any, path: str | Path, width: int = 512, height: int = 512) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_layout_preview(layout, width, height).save(path)
+    return path
