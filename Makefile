@@ -12,7 +12,6 @@ TORCH ?= torch==2.13.0
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
