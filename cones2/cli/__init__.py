@@ -50,9 +50,9 @@ def main(home: str | None) -> None:
 
 
 def _register() -> None:
-    from . import base_model, quickstart
+    from . import base_model, quickstart, registry
 
-    for module in (base_model, quickstart):
+    for module in (base_model, quickstart, registry):
         module.register(main)
 
 

@@ -1,0 +1,1 @@
+"""Alembic migrations of the cones2 catalogue (configured in code, see cones2.registry.database)."""

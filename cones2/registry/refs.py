@@ -1,0 +1,75 @@
+"""One reference syntax for every command and API call.
+
+==========================  ================================================
+``dog-max``                 tag ``latest`` if set, else the highest version
+``dog-max@3``               version 3 (versions are integers 1, 2, 3, ...)
+``dog-max:stable``          the version tag ``stable`` points to
+``dog-max@sha256:0123ab..``  the version whose blob hash starts with the prefix
+                            (at least 12 hex characters, unambiguous)
+==========================  ================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import InvalidNameError
+from .names import validate_name, validate_tag
+
+DIGEST_PREFIX = "sha256:"
+MIN_DIGEST_PREFIX = 12
+_HEX_RE = re.compile(r"[0-9a-f]{12,64}")
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed reference: a subject name plus at most one selector."""
+
+    name: str
+    version: int | None = None
+    tag: str | None = None
+    digest: str | None = None  # lowercase hex prefix, 12..64 characters
+
+    @property
+    def is_bare(self) -> bool:
+        return self.version is None and self.tag is None and self.digest is None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}@{self.version}"
+        if self.tag is not None:
+            return f"{self.name}:{self.tag}"
+        if self.digest is not None:
+            return f"{self.name}@{DIGEST_PREFIX}{self.digest}"
+        return self.name
+
+
+def parse_ref(text: str) -> Ref:
+    """Parse ``name``, ``name@N``, ``name:tag`` or ``name@sha256:<hex prefix>``."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidNameError("invalid reference '': empty")
+    text = text.strip()
+    if "@" in text:
+        name, _, selector = text.partition("@")
+        validate_name(name)
+        if selector.startswith(DIGEST_PREFIX):
+            digest = selector[len(DIGEST_PREFIX) :]
+            if not _HEX_RE.fullmatch(digest):
+                raise InvalidNameError(
+                    f"invalid reference {text!r}: digest must be {MIN_DIGEST_PREFIX} to 64 lowercase hex characters"
+                )
+            return Ref(name, digest=digest)
+        if not selector.isdigit() or int(selector) < 1 or len(selector) > 9:
+            raise InvalidNameError(
+                f"invalid reference {text!r}: version must be a positive integer (name@3) or name@sha256:<hex>"
+            )
+        return Ref(name, version=int(selector))
+    if ":" in text:
+        name, _, tag = text.partition(":")
+        validate_name(name)
+        validate_tag(tag)
+        return Ref(name, tag=tag)
+    validate_name(text)
+    return Ref(text)
