@@ -50,9 +50,9 @@ def main(home: str | None) -> None:
 
 
 def _register() -> None:
-    from . import base_model, quickstart, registry
+    from . import base_model, generate, quickstart, registry
 
-    for module in (base_model, quickstart, registry):
+    for module in (base_model, quickstart, registry, generate):
         module.register(main)
 
 
