@@ -122,11 +122,19 @@ def show(ref: str, as_json: bool) -> None:
 
 
 @click.command("search")
-@click.argument("text")
+@click.argument("text", required=False)
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--remote", "remote", default=None, is_flag=False, flag_value="", metavar="[NAME]",
+              help="Search a Hub library instead (NAME, default: the default remote).")
 @json_option
-def search(text: str, limit: int, as_json: bool) -> None:
+def search(text: str | None, limit: int, remote: str | None, as_json: bool) -> None:
     """Find subjects whose name, word, description or metadata contain TEXT."""
+    if remote is not None:  # Hub library listing: cones2/cli/hub.py
+        from .hub import search_remote_command
+
+        return search_remote_command(remote, text, limit, as_json)
+    if text is None:
+        raise UsageError("search needs TEXT")
     with _catalogue() as cat:
         found = cat.search(text, limit=limit)
     emit([dict(s.to_dict(), source="local") for s in found], as_json, lambda: _summary_lines(found))
