@@ -50,9 +50,9 @@ def main(home: str | None) -> None:
 
 
 def _register() -> None:
-    from . import base_model, generate, quickstart, registry
+    from . import base_model, generate, hub, quickstart, registry
 
-    for module in (base_model, quickstart, registry, generate):
+    for module in (base_model, quickstart, registry, generate, hub):
         module.register(main)
 
 
