@@ -114,9 +114,12 @@ def add_remote(
     data = _read(home)
     if name in data["remotes"] and not replace:
         raise UsageError(f"remote {name} already exists (remove it first, or use --replace)")
+    previous = _default_name(data)  # before this one is added: the only remote counts as default
     data["remotes"][name] = {"namespace": namespace, "endpoint": endpoint}
-    if default or _default_name(data) is None:
+    if default or previous is None:
         data["default"] = name
+    elif data.get("default") not in data["remotes"] and previous != config.load_config().default_remote:
+        data["default"] = previous  # keep the implicit default explicit now that there are two
     _write(data, home)
     return get_remote(name, home=home)
 
