@@ -280,6 +280,8 @@ class Cones2Pipeline(StableDiffusionPipeline):
         self._cross_attention_kwargs = None
         self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * len(prompts)
         device = self._execution_device
         do_cfg = self.do_classifier_free_guidance
 
