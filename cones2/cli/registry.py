@@ -76,11 +76,13 @@ def _summary_lines(subjects: list[Any]) -> None:
         click.echo("No subjects.")
         return
     width = max(len(s.name) for s in subjects)
+    lines = []
     for s in subjects:
         latest = f"@{s.latest}" if s.latest is not None else "(no versions)"
         tags = " ".join(f"{t}->{v}" for t, v in s.tags.items())
         desc = f"  {s.description}" if s.description else ""
-        click.echo(f"{s.name:<{width}}  {latest:<6} {s.versions:>3} version(s)  word {s.word!r}  {tags}{desc}".rstrip())
+        lines.append(f"{s.name:<{width}}  {latest:<6} {s.versions:>3} version(s)  word {s.word!r}  {tags}{desc}".rstrip())
+    click.echo("\n".join(lines))  # one write: 10,000 subjects print in milliseconds
 
 
 @click.command("list")
@@ -90,7 +92,10 @@ def list_(prefix: str | None, as_json: bool) -> None:
     """List subjects (optionally those whose name starts with PREFIX)."""
     with _catalogue() as cat:
         subjects = cat.list_subjects(prefix)
-    emit([s.to_dict() for s in subjects], as_json, lambda: _summary_lines(subjects))
+    if as_json:
+        emit([s.to_dict() for s in subjects], True)
+    else:
+        _summary_lines(subjects)
 
 
 @click.command("show")

@@ -90,7 +90,10 @@ class SubjectSummary:
     tags: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "name": self.name, "word": self.word, "description": self.description, "created_at": self.created_at,
+            "versions": self.versions, "latest": self.latest, "tags": dict(self.tags),
+        }
 
 
 def _record(row: Sequence[Any], tags: Sequence[str] = ()) -> VersionRecord:
@@ -285,12 +288,13 @@ class Catalogue:
             tag_rows = self.db.query("SELECT t.subject_id, t.name, v.version FROM tags t JOIN versions v ON v.id = t.version_id")
         tags: dict[int, dict[str, int]] = {}
         for sid, tag, version in tag_rows:
-            tags.setdefault(int(sid), {})[tag] = int(version)
+            tags.setdefault(sid, {})[tag] = version
         out = []
         for sid, name, word, description, created, count, highest in subjects:
-            subject_tags = dict(sorted(tags.get(int(sid), {}).items()))
-            latest = subject_tags.get(LATEST, int(highest) if highest is not None else None)
-            out.append(SubjectSummary(name, word, description, to_iso(created) or "", int(count), latest, subject_tags))
+            subject_tags = tags.get(sid)
+            subject_tags = dict(sorted(subject_tags.items())) if subject_tags else {}
+            latest = subject_tags.get(LATEST, highest)
+            out.append(SubjectSummary(name, word, description, to_iso(created) or "", count, latest, subject_tags))
         return out
 
     def list_subjects(self, prefix: str | None = None) -> list[SubjectSummary]:

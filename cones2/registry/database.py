@@ -70,6 +70,9 @@ def to_iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
+        # SQLite text as SQLAlchemy writes it (UTC): "YYYY-MM-DD HH:MM:SS.ffffff".
+        if len(value) == 26 and value[10] == " " and value[19] == ".":
+            return f"{value[:10]}T{value[11:19]}Z"
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
