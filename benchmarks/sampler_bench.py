@@ -17,7 +17,8 @@ Models (``--model``):
 Time: wall-clock of one full pipeline call (prompt encoding, denoising, VAE decode), best
 of ``--repeats``, after one warm-up call of (a) at the same settings.
 Peak memory: Linux peak resident set size. Before each config the process's peak RSS is
-reset (``echo 5 > /proc/self/clear_refs``) and the current RSS read; the config's peak is
+reset (``echo 5 > /proc/self/clear_refs``) and the current RSS read, after ``gc.collect()`` and
+glibc ``malloc_trim(0)`` (so memory freed by the previous config is not silently reused); the config's peak is
 ``VmHWM`` after the run minus that RSS (the models themselves are loaded before and
 excluded). Where clear_refs is unavailable, tracemalloc-free RSS sampling is used instead
 (a 5 ms sampler thread).
@@ -53,11 +54,22 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS, so one config's leftovers do not hide the next one's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
     """Peak RSS above the level at entry, in MiB (see the module docstring)."""
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
+        _malloc_trim()
         self.sampler = None
         try:
             with open("/proc/self/clear_refs", "w") as fh:

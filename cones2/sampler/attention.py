@@ -67,8 +67,7 @@ def guidance_bias(scores: torch.Tensor, W: torch.Tensor, eta: float, sigma: floa
     ``scores`` are the raw, unscaled ``QK^T`` of the conditional rows, ``(rows, heads, Q, K)``.
     """
     std = scores.float().std()
-    bias = (eta * math.log1p(sigma**2)) * std * W[:, None, :, :]
-    return bias
+    return (eta * math.log1p(sigma**2)) * std * W[:, None, :, :]
 
 
 class Cones2AttnProcessor:
@@ -151,30 +150,39 @@ class Cones2AttnProcessor:
         q_len, k_len = query.shape[2], key.shape[2]
         scale = attn.scale
 
-        mask = attention_mask
-        scores_cond = None
-        if W is not None:
-            if W.shape[-1] != k_len:
-                raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
-            scores_cond = query[start:].float() @ key[start:].float().transpose(-1, -2)
-            bias = guidance_bias(scores_cond, W, call.eta, call.sigma) * scale
-            floor = torch.finfo(query.dtype).min / 2
-            bias = bias.clamp(min=floor)
-            full = torch.zeros(batch_size, 1, q_len, k_len, dtype=torch.float32, device=query.device)
-            full[start:] = bias
-            full = full.to(query.dtype)
-            mask = full if mask is None else mask + full
-
-        if self.eager or call.recorder is not None:
+        if W is None:  # recording only: explicit softmax over every row, no bias
             scores = (query @ key.transpose(-1, -2)) * scale
-            if mask is not None:
-                scores = scores + mask
+            if attention_mask is not None:
+                scores = scores + attention_mask
             probs = scores.softmax(dim=-1)
-            if call.recorder is not None:
-                call.recorder.add(probs[start:], q_len)
+            call.recorder.add(probs[start:], q_len)
             hidden_states = probs @ value
         else:
-            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+            if W.shape[-1] != k_len:
+                raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
+            # conditional rows: raw scores, bias, scale, softmax -- in float32, on the small
+            # pixels x tokens tensor that cross-attention has anyway
+            scores = query[start:].float() @ key[start:].float().transpose(-1, -2)
+            logits = (scores + guidance_bias(scores, W, call.eta, call.sigma)) * scale
+            if attention_mask is not None:
+                logits = logits + attention_mask[start:].float()
+            probs = logits.softmax(dim=-1)
+            if call.recorder is not None:
+                call.recorder.add(probs, q_len)
+            cond_out = probs.to(value.dtype) @ value[start:]
+            if start == 0:
+                hidden_states = cond_out
+            else:  # unconditional rows: exactly the stock computation
+                q_u, k_u, v_u = query[:start], key[:start], value[:start]
+                m_u = attention_mask[:start] if attention_mask is not None else None
+                if self.eager:
+                    s_u = (q_u @ k_u.transpose(-1, -2)) * scale
+                    if m_u is not None:
+                        s_u = s_u + m_u
+                    uncond_out = s_u.softmax(dim=-1) @ v_u
+                else:
+                    uncond_out = F.scaled_dot_product_attention(q_u, k_u, v_u, attn_mask=m_u, dropout_p=0.0, is_causal=False)
+                hidden_states = torch.cat([uncond_out, cond_out])
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
