@@ -150,6 +150,20 @@ def test_subject_refusals(pipe, residuals):
         pipe(PROMPT, layout=Layout.from_boxes({"cat": (0, 0, 1, 1)}), num_inference_steps=1, output_type="latent")
 
 
+def test_second_order_scheduler_refused_for_self_recurrence(pipe):
+    from diffusers import HeunDiscreteScheduler
+
+    from cones2.errors import UsageError
+
+    default = pipe.scheduler
+    pipe.scheduler = HeunDiscreteScheduler.from_config(default.config)
+    try:
+        with pytest.raises(UsageError, match="first-order"):
+            pipe(PROMPT, layout=Layout.from_boxes(BOXES), num_inference_steps=2, output_type="latent")
+    finally:
+        pipe.scheduler = default
+
+
 def test_attention_maps_saved(pipe, tmp_path):
     from cones2.sampler import save_attention_maps
 

@@ -58,25 +58,26 @@ class Cones2PipelineOutput(BaseOutput):
     info: dict[str, Any] | None = None
 
 
-def _snapshot(scheduler: Any) -> dict[str, Any]:
-    """A copy of a scheduler's mutable state (step counters, LMS derivatives, PNDM ets...)."""
-    state = {}
-    for k, v in scheduler.__dict__.items():
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Copy of a scheduler's attribute dict; lists and dicts copied one level deep (tensors are
+    replaced, not modified in place, by diffusers' schedulers)."""
+    out = {}
+    for k, v in state.items():
         if isinstance(v, list):
             v = list(v)
         elif isinstance(v, dict) and k != "_internal_dict":
             v = dict(v)
-        state[k] = v
-    return state
+        out[k] = v
+    return out
+
+
+def _snapshot(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's mutable state (step index, LMS derivatives, PNDM ets, DPM model outputs)."""
+    return _copy_state(scheduler.__dict__)
 
 
 def _restore(scheduler: Any, state: dict[str, Any]) -> None:
-    scheduler.__dict__.update(_snapshot(_Holder(state)))
-
-
-class _Holder:
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    scheduler.__dict__.update(_copy_state(state))
 
 
 class Cones2Pipeline(StableDiffusionPipeline):
@@ -143,9 +144,9 @@ class Cones2Pipeline(StableDiffusionPipeline):
             if isinstance(value, ResidualFile):
                 info.setdefault("source", "object")
                 info["sha256"] = info.get("sha256") or value.sha256()
-                ensure_compatible(value, fp, hidden, source=f"subject {key!r}") if fp else None
-                if value.hidden_size != hidden:
-                    ensure_compatible(value, value.base_fingerprint, hidden, source=f"subject {key!r}")
+                # without a known fingerprint (a pipeline built from loose components) only the
+                # hidden size can be checked
+                ensure_compatible(value, fp or value.base_fingerprint, hidden, source=f"subject {key!r}")
                 if list(value.token_ids) != word_token_ids(self.tokenizer, word):
                     raise TokenLocationError(
                         f"subject {key!r}: the residual was learned for the word {value.word!r}, not {word!r}"
@@ -344,6 +345,11 @@ class Cones2Pipeline(StableDiffusionPipeline):
             call.recorder = recorder
 
         n_guided = 0 if layout is None else min(num_inference_steps if guidance_steps is None else guidance_steps, len(timesteps))
+        if n_guided and self_recurrence and getattr(self.scheduler, "order", 1) != 1:
+            raise UsageError(
+                f"self-recurrence needs a first-order or multistep scheduler, not {type(self.scheduler).__name__} "
+                f"(order {self.scheduler.order}); use another scheduler or self_recurrence=False"
+            )
         evaluations = {"unet": 0}
 
         def count(*_: Any) -> None:
