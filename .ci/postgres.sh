@@ -14,12 +14,14 @@ if compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-    echo "postgres.sh: no PostgreSQL binaries and not root: cannot install (tests will skip)" >&2
-    exit 1
+    echo "postgres.sh: no PostgreSQL binaries and not root: cannot install (its tests will skip, saying why)" >&2
+    exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends postgresql > /dev/null
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql > /dev/null; }; then
+    echo "postgres.sh: could not install PostgreSQL (its tests will skip, saying why)" >&2
+    exit 0
+fi
 # Debian's package may start a cluster of its own; the tests do not need it.
 service postgresql stop > /dev/null 2>&1 || true
 compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null
