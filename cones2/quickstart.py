@@ -1,9 +1,12 @@
 """The end-to-end demo behind ``cones2 quickstart``: runs on the demo model, offline.
 
-It makes two subject residuals (from stand-in "tuned" encoders: copies of the base
-encoder whose word embedding is nudged, since training is not part of the demo), saves
-them as residual files, and composes them into the embeddings of one prompt, reporting
-which token positions changed and by how much.
+1. Makes two subject residuals (from stand-in "tuned" encoders: copies of the base
+   encoder whose word embedding is nudged, since training is not part of the demo) and
+   saves them as residual files.
+2. Registers them in the catalogue (``dog-max``, ``mug-red``; re-running is a no-op).
+3. Composes them into one prompt's embeddings, reporting which tokens moved.
+4. Renders the prompt with both subjects placed by boxes (layout-guided sampling),
+   with the layout preview and per-subject attention maps beside the image.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 DEMO_SUBJECTS = {"dog": "dog-max", "mug": "mug-red"}
 DEMO_PROMPT = "a dog and a mug on the beach"
+DEMO_BOXES = ("dog=0.05,0.3,0.5,0.95", "mug=0.55,0.5,0.95,0.95")
 
 
 @dataclass
@@ -27,6 +31,8 @@ class QuickstartResult:
     changed_positions: dict[str, list[int]]
     change_norms: dict[str, float]
     unchanged_max_abs: float
+    registered: dict[str, str] = field(default_factory=dict)
+    render: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,7 +49,9 @@ def stand_in_tuned_encoder(encoder: Any, token_ids: list[int], seed: int, streng
     return tuned
 
 
-def run_quickstart(out_dir: str | Path, model: str | None = None, seed: int = 0) -> QuickstartResult:
+def run_quickstart(
+    out_dir: str | Path, model: str | None = None, seed: int = 0, steps: int = 20, render: bool = True, progress: bool = True
+) -> QuickstartResult:
     import torch
 
     from .base_model import load_text_encoder, model_info
@@ -74,6 +82,29 @@ def run_quickstart(out_dir: str | Path, model: str | None = None, seed: int = 0)
     positions = {w: [p for p in changed if p in _positions(tokenizer, w)] for w in DEMO_SUBJECTS}
     norms = {w: float(diff[positions[w]].norm()) for w in DEMO_SUBJECTS}
     unchanged = [p for p in range(ids.shape[1]) if p not in changed]
+
+    from .registry import open_catalogue
+
+    registered = {}
+    with open_catalogue() as catalogue:
+        for word, name in DEMO_SUBJECTS.items():
+            record = catalogue.add(files[word], name, base=info.path, description=f"quickstart demo subject ({word})")
+            registered[word] = f"{record.name}@{record.version}"
+    rendered: dict[str, Any] = {}
+    if render:
+        from .sampler.generate import generate_images
+
+        rendered = generate_images(
+            DEMO_PROMPT,
+            subjects=tuple(f"{w}={n}" for w, n in DEMO_SUBJECTS.items()),
+            boxes=DEMO_BOXES,
+            model=info.path,
+            seed=seed,
+            steps=steps,
+            output=str(out_dir / "quickstart.png"),
+            attention_dir=str(out_dir / "attention"),
+            progress=progress,
+        )
     return QuickstartResult(
         model=info.source,
         fingerprint=info.fingerprint,
@@ -83,6 +114,8 @@ def run_quickstart(out_dir: str | Path, model: str | None = None, seed: int = 0)
         changed_positions=positions,
         change_norms=norms,
         unchanged_max_abs=float((composed - base)[0, unchanged].abs().max()),
+        registered=registered,
+        render=rendered,
         extra={"is_demo": info.is_demo, "token_count": int((ids[0] != tokenizer.pad_token_id).sum())},
     )
 

@@ -48,7 +48,9 @@ def test_base_model_errors(tmp_path: Path) -> None:
 
 
 def test_quickstart(tmp_path: Path) -> None:
-    code, out, _ = run("quickstart", "--out", str(tmp_path / "qs"), "--json")
+    from PIL import Image
+
+    code, out, _ = run("quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--json")
     assert code == 0, out
     data = json.loads(out)
     assert data["changed_positions"] == {"dog": [2], "mug": [5]}
@@ -56,6 +58,18 @@ def test_quickstart(tmp_path: Path) -> None:
     assert data["unchanged_max_abs"] == 0.0
     for word, path in data["residual_files"].items():
         assert Path(path).stat().st_size == data["residual_sizes"][word]
+    assert data["registered"] == {"dog": "dog-max@1", "mug": "mug-red@1"}
+    image = Image.open(data["render"]["images"][0])
+    assert image.size == (64, 64)
+    meta = json.loads(image.text["cones2"])
+    assert {s["name"] for s in meta["subjects"].values()} == {"dog-max", "mug-red"}
+    assert "demo model" in image.text["cones2-demo-model"]
+    assert len(data["render"]["attention_maps"]) == 4
+    # Running it again is idempotent: same residual content, same registered versions.
+    code, out, _ = run("quickstart", "--out", str(tmp_path / "qs"), "--no-render", "--json")
+    assert code == 0 and json.loads(out)["registered"] == data["registered"]
+    code, out, _ = run("list", "--json")
+    assert code == 0 and "dog-max" in out and "mug-red" in out
 
 
 def test_console_script_runs_in_a_fresh_process() -> None:

@@ -1,22 +1,12 @@
 """Layout-guided multi-subject sampling (METHOD.md section 3).
 
-Heavy modules (torch, diffusers) load on first use of what needs them:
-``from cones2.sampler import Layout`` stays cheap.
+Every name loads its module on first use, so importing the package (as the CLI does
+to build its options) costs nothing; torch and diffusers load only with what needs them.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from .layout import (
-    DEFAULT_WEIGHT_IN,
-    DEFAULT_WEIGHT_OUT,
-    Layout,
-    Region,
-    latent_grids,
-    parse_box,
-    parse_colour,
-)
 
 __all__ = [
     "DEFAULT_WEIGHT_IN",
@@ -38,6 +28,13 @@ __all__ = [
 ]
 
 _LAZY = {
+    "DEFAULT_WEIGHT_IN": "layout",
+    "DEFAULT_WEIGHT_OUT": "layout",
+    "Layout": "layout",
+    "Region": "layout",
+    "latent_grids": "layout",
+    "parse_box": "layout",
+    "parse_colour": "layout",
     "Cones2Pipeline": "pipeline",
     "Cones2PipelineOutput": "pipeline",
     "Cones2AttnProcessor": "attention",

@@ -1,0 +1,178 @@
+"""Generate images from CLI-style inputs: the API behind ``cones2 generate``.
+
+Takes subjects as ``WORD=REF`` strings and a layout as box/mask/colour options (the
+shapes a command line or a config file gives), runs :class:`Cones2Pipeline`, and writes
+PNGs whose text metadata records everything needed to reproduce them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+SCHEDULERS = {
+    "default": None,
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+
+
+def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        left, sep, right = v.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise UsageError(f"{option} {v!r}: expected LEFT=RIGHT")
+        out.append((left.strip(), right.strip()))
+    return out
+
+
+def build_layout(
+    boxes: tuple[str, ...] = (),
+    masks: tuple[str, ...] = (),
+    layout_image: str | None = None,
+    colours: tuple[str, ...] = (),
+    weights: tuple[str, ...] = (),
+    pixels: bool = False,
+    size: tuple[int, int] | None = None,
+    overlap: str = "share",
+    tolerance: float | None = None,
+) -> Any:
+    """A :class:`~cones2.sampler.Layout` from CLI-style options, or None when none is given."""
+    from ..sampler.layout import DEFAULT_COLOUR_TOLERANCE, Layout, parse_box
+
+    weight_map: dict[str, tuple[float, float] | float] = {}
+    for word, text in _pairs(weights, "--weight"):
+        try:
+            nums = [float(x) for x in text.split(",")]
+        except ValueError:
+            raise UsageError(f"--weight {word}={text}: use WORD=INSIDE[,OUTSIDE]") from None
+        if len(nums) not in (1, 2):
+            raise UsageError(f"--weight {word}={text}: use WORD=INSIDE[,OUTSIDE]")
+        weight_map[word] = nums[0] if len(nums) == 1 else (nums[0], nums[1])
+    parts = []
+    if boxes:
+        box_map = {}
+        for word, text in _pairs(boxes, "--box"):
+            if word in box_map:
+                raise UsageError(f"--box given twice for {word!r}")
+            box_map[word] = parse_box(text)
+        parts.append(Layout.from_boxes(box_map, pixels=pixels, size=size, overlap=overlap))
+    if masks:
+        parts.append(Layout.from_masks(dict(_pairs(masks, "--mask")), overlap=overlap))
+    if layout_image or colours:
+        if not (layout_image and colours):
+            raise UsageError("--layout-image and --colour go together (R,G,B=WORD[:WEIGHT] for each colour)")
+        colour_map: dict[str, Any] = {}
+        for colour, target in _pairs(colours, "--colour"):
+            word, _, weight = target.partition(":")
+            colour_map[colour] = (word, float(weight)) if weight else word
+        parts.append(Layout.from_colour_image(layout_image, colour_map, tolerance=tolerance or DEFAULT_COLOUR_TOLERANCE))
+    if not parts:
+        if weight_map:
+            raise UsageError("--weight needs a layout (--box, --mask or --layout-image)")
+        return None
+    layout = parts[0] if len(parts) == 1 else Layout.combine(parts, overlap=overlap)
+    if weight_map:
+        layout = layout.with_weights(weight_map)
+    return layout
+
+
+def _numbered(path: Path, index: int, count: int) -> Path:
+    return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple[str, ...] = (), pixels: bool = False,
+                 masks: tuple[str, ...] = (), layout_image: str | None = None, colours: tuple[str, ...] = (),
+                 tolerance: float | None = None, weights: tuple[str, ...] = (), overlap: str = "share",
+                 model: str | None = None, seed: int = 0, steps: int = 50, guidance_scale: float = 7.5,
+                 guidance_weight: float = 0.08, guidance_steps: int | None = None, self_recurrence: bool = True,
+                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
+                 num_images: int = 1, scheduler: str = "default", device: str | None = None, dtype: str | None = None,
+                 output: str = "cones2.png", attention_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The work behind ``cones2 generate``; returns the JSON-able record."""
+    if steps < 1 or num_images < 1:
+        raise UsageError("--steps and --num-images must be at least 1")
+    subject_map = dict(_pairs(subjects, "--subject"))
+    if len(subject_map) != len(subjects):
+        raise UsageError("--subject given twice for one word")
+
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    from .. import __version__
+    from ..base_model import model_info, resolve_model_path
+    from ..demo_model import DEMO_NOTICE
+    from ..sampler.attention_maps import save_attention_maps
+    from ..sampler.pipeline import Cones2Pipeline
+
+    info = model_info(model)
+    _, folder = resolve_model_path(model, full=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
+    torch_dtype = getattr(torch, dtype)
+    pipe = Cones2Pipeline.from_pretrained(str(folder), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+    pipe.base_fingerprint = info.fingerprint
+    if SCHEDULERS[scheduler]:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=not progress)
+    size = pipe.unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    height = height or size * pipe.vae_scale_factor
+    width = width or size * pipe.vae_scale_factor
+    layout = build_layout(boxes, masks, layout_image, colours, weights, pixels, (height, width), overlap, tolerance)
+
+    if info.is_demo and progress:
+        print(f"Note: using the {DEMO_NOTICE}.", file=sys.stderr)
+    out = pipe(
+        prompt, subject_map, layout, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
+        self_recurrence=self_recurrence, num_inference_steps=steps, guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images, height=height, width=width,
+        return_attention_maps=attention_dir is not None,
+    )
+    record: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "subjects": out.info["subjects"],
+        "layout": out.info["layout"],
+        "settings": {
+            "steps": steps, "guidance_scale": guidance_scale, "guidance_weight": guidance_weight,
+            "guidance_steps": out.info["guided_steps"], "self_recurrence": self_recurrence,
+            "scheduler": type(pipe.scheduler).__name__, "height": height, "width": width,
+            "num_images": num_images, "dtype": dtype, "device": device, "overlap": overlap,
+        },
+        "seed": seed,
+        "base_model": {
+            "source": info.source, "fingerprint": info.fingerprint, "is_demo": info.is_demo,
+            "notice": DEMO_NOTICE if info.is_demo else None,
+        },
+        "cones2_version": __version__,
+    }
+    output_path = Path(output)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, image in enumerate(out.images):
+        meta = PngInfo()
+        meta.add_text("prompt", prompt)
+        meta.add_text("cones2", json.dumps({**record, "image_index": i}, sort_keys=True, default=str))
+        if info.is_demo:
+            meta.add_text("cones2-demo-model", DEMO_NOTICE)
+        path = _numbered(output_path, i, len(out.images))
+        image.save(path, pnginfo=meta)
+        written.append(str(path))
+    record["images"] = written
+    if attention_dir is not None:
+        maps = out.attention_maps or {}
+        files = save_attention_maps(attention_dir, out.images, maps, layout=layout, stem=output_path.stem)
+        record["attention_maps"] = [str(p) for p in files]
+    return record
