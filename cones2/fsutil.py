@@ -8,14 +8,20 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o644, tmp_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """Write ``data`` to ``path`` so readers see either the old file or the whole new one.
 
-    Temp file in the same folder, fsync, rename, then fsync of the folder.
+    Temp file (in ``tmp_dir``, default the target's folder; it must be on the same
+    filesystem), fsync, rename, then fsync of the folder. A crash leaves at most the
+    temp file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_parent = Path(tmp_dir) if tmp_dir is not None else path.parent
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:16]}.", suffix=".tmp", dir=tmp_parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

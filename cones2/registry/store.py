@@ -8,17 +8,15 @@ hash on every read. A process killed mid-write leaves at most a temp file, which
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import IntegrityError, RegistryError
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_write_bytes
 
 HEX_RE = re.compile(r"[0-9a-f]{64}")
 BLOB_MODE = 0o444
@@ -53,25 +51,9 @@ class BlobStore:
             except OSError:
                 pass
         try:
-            self.objects.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f"{digest[:16]}.", suffix=".tmp", dir=self.tmp)
+            atomic_write_bytes(target, data, mode=BLOB_MODE, tmp_dir=self.tmp)
         except OSError as exc:
-            raise RegistryError(f"cannot write to the blob store {self.root}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, BLOB_MODE)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise RegistryError(f"cannot write blob {digest[:12]} to {self.root}: {exc.strerror or exc}") from None
-            raise
-        fsync_dir(self.objects)
+            raise RegistryError(f"cannot write blob {digest[:12]} to {self.root}: {exc.strerror or exc}") from None
         return digest
 
     def read(self, sha256: str) -> bytes:
