@@ -217,16 +217,22 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     return ResidualFile(array, meta["word"], tuple(token_ids), base, user_meta)
 
 
-def read_residual(path: str | os.PathLike[str]) -> ResidualFile:
-    """Read and validate a residual file from disk."""
+def read_residual_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The raw bytes of a residual file, with one-line errors for unreadable paths."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise InvalidResidualError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidResidualError(f"{path}: is a folder, not a residual file") from None
     except OSError as exc:
         raise InvalidResidualError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_residual(data, str(path))
+
+
+def read_residual(path: str | os.PathLike[str]) -> ResidualFile:
+    """Read and validate a residual file from disk."""
+    return parse_residual(read_residual_bytes(path), str(path))
 
 
 def make_residual(

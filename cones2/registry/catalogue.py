@@ -370,7 +370,7 @@ class Catalogue:
         with that base model's tokenizer. ``check_base=False`` records the residual's
         own fingerprint without checking it against a local model (for pulls).
         """
-        from ..residual_file import ResidualFile, parse_residual
+        from ..residual_file import ResidualFile, parse_residual, read_residual_bytes
 
         validate_name(name)
         info = self._base_info(base) if (check_base or base is not None) else None
@@ -384,14 +384,7 @@ class Catalogue:
                 residual = self._import_legacy(path, word, info)
                 data = residual.to_bytes()
             else:
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
-                    raise InvalidResidualError(f"{path}: no such file") from None
-                except IsADirectoryError:
-                    raise InvalidResidualError(f"{path}: is a folder, not a residual file") from None
-                except OSError as exc:
-                    raise InvalidResidualError(f"{path}: cannot read ({exc.strerror})") from None
+                data = read_residual_bytes(path)
                 residual = parse_residual(data, source)
         return self._add(data, residual, name, source, info, word=word, description=description, metadata=metadata,
                          version=version, provenance=provenance, base_revision=base_revision)
