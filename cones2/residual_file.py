@@ -26,6 +26,7 @@ import json
 import math
 import os
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class ResidualFile:
 
     def __post_init__(self) -> None:
         validate_residual_array(self.residual, self.token_ids, source="residual")
-        if not self.word or self.word != self.word.strip():
+        if not isinstance(self.word, str) or not self.word or self.word != self.word.strip():
             raise InvalidResidualError(f"residual: invalid subject word {self.word!r}")
 
     @property
@@ -185,8 +186,10 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
         dtype_code, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
     except (KeyError, TypeError, ValueError):
         raise InvalidResidualError(f"{source}: malformed tensor entry") from None
+    if not isinstance(shape, list) or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in shape):
+        raise InvalidResidualError(f"{source}: malformed tensor entry (shape must be a list of non-negative integers)")
     codes = {code: (name, np_dtype) for name, (code, np_dtype) in _DTYPES.items()}
-    if dtype_code not in codes:
+    if not isinstance(dtype_code, str) or dtype_code not in codes:
         raise InvalidResidualError(f"{source}: tensor dtype {dtype_code} is not F32 or F16")
     dtype_name, np_dtype = codes[dtype_code]
     if meta["dtype"] != dtype_name:
@@ -201,9 +204,9 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     if body_start + end < len(data):
         raise InvalidResidualError(f"{source}: trailing bytes after the tensor data")
     try:
-        token_ids = json.loads(meta["token_ids"])
+        token_ids = json.loads(meta["token_ids"], parse_constant=_refuse_constant)
         hidden_size = int(meta["hidden_size"])
-        user_meta = json.loads(meta["meta"])
+        user_meta = json.loads(meta["meta"], parse_constant=_refuse_constant)
     except (ValueError, TypeError):
         raise InvalidResidualError(f"{source}: malformed metadata (token_ids, hidden_size or meta)") from None
     if not isinstance(token_ids, list) or not isinstance(user_meta, dict):
@@ -214,7 +217,15 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     array = np.frombuffer(data, dtype=np.dtype(np_dtype).newbyteorder("<"), count=math.prod(shape), offset=body_start)
     array = array.reshape(shape).astype(np_dtype)
     validate_residual_array(array, token_ids, source, hidden_size=hidden_size)
-    return ResidualFile(array, meta["word"], tuple(token_ids), base, user_meta)
+    word = meta["word"]
+    if not isinstance(word, str) or not word or word != word.strip():
+        raise InvalidResidualError(f"{source}: invalid subject word {word!r}")
+    return ResidualFile(array, word, tuple(token_ids), base, user_meta)
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads`` hook: NaN and Infinity are not JSON and not valid metadata."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_residual_bytes(path: str | os.PathLike[str]) -> bytes:
@@ -282,12 +293,16 @@ def import_legacy_pt(
     if not path.is_file():
         raise InvalidResidualError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not one line, not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (not a zip/pickle), EOFError...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidResidualError(f"{path}: refused legacy .pt file ({type(exc).__name__}: {first[:160]})") from None
     if not isinstance(obj, torch.Tensor):
         raise InvalidResidualError(f"{path}: legacy .pt must hold a bare tensor, found {type(obj).__name__}")
+    if not obj.is_floating_point():
+        raise InvalidResidualError(f"{path}: legacy residual must be a floating-point tensor, got {str(obj.dtype).removeprefix('torch.')}")
     if obj.ndim == 1:
         obj = obj[None, :]
     if obj.ndim != 2:

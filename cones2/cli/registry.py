@@ -7,6 +7,7 @@ transformers (except ``add`` of a legacy ``.pt``, which needs the base tokenizer
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -30,7 +31,9 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, Any]:
             raise UsageError(f"--meta expects KEY=VALUE, got {item!r}")
         try:
             parsed = json.loads(value)
-            meta[key.strip()] = parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
+            # NaN and Infinity (and 1e999) are not JSON: such a value stays the text it was
+            finite = not isinstance(parsed, float) or math.isfinite(parsed)
+            meta[key.strip()] = parsed if (isinstance(parsed, (int, float, bool)) or parsed is None) and finite else value
         except ValueError:
             meta[key.strip()] = value
     return meta

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .database import Database, default_url, to_iso
 from .names import validate_name, validate_tag
-from .refs import LATEST, Ref, parse_ref
+from .refs import LATEST, MAX_VERSION, Ref, parse_ref
 from .store import BlobStore, sha256_hex
 
 if TYPE_CHECKING:
@@ -440,6 +440,11 @@ class Catalogue:
                 f"{source}: hidden size {residual.hidden_size} does not fit base model {info.source} "
                 f"(text encoder hidden size {info.hidden_size})"
             )
+        if residual.base_fingerprint == info.fingerprint and max(residual.token_ids) >= info.vocab_size:
+            raise InvalidResidualError(
+                f"{source}: token id {max(residual.token_ids)} is outside the vocabulary of base model {info.source} "
+                f"({info.vocab_size} tokens)"
+            )
         if residual.base_fingerprint != info.fingerprint:
             raise BaseModelMismatchError(
                 f"{source}: learned on base model {residual.base_fingerprint[:12]} "
@@ -468,8 +473,8 @@ class Catalogue:
 
         if word is not None and word != residual.word:
             raise InvalidResidualError(f"{source}: the residual is for the word {residual.word!r}, not {word!r}")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-            raise UsageError(f"version must be a positive integer, not {version!r}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
+            raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, not {version!r}")
         if info is not None:
             self._check_base(residual, source, info)
         meta = {**residual.metadata, **dict(metadata or {})}

@@ -21,6 +21,7 @@ DIGEST_PREFIX = "sha256:"
 MIN_DIGEST_PREFIX = 12
 _HEX_RE = re.compile(r"[0-9a-f]{12,64}")
 LATEST = "latest"
+MAX_VERSION = 999_999_999  # nine digits: the most a reference (name@N) can name
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def parse_ref(text: str) -> Ref:
                     f"invalid reference {text!r}: digest must be {MIN_DIGEST_PREFIX} to 64 lowercase hex characters"
                 )
             return Ref(name, digest=digest)
-        if not selector.isdigit() or int(selector) < 1 or len(selector) > 9:
+        if not selector.isdigit() or len(selector) > len(str(MAX_VERSION)) or int(selector) < 1:
             raise InvalidNameError(
                 f"invalid reference {text!r}: version must be a positive integer (name@3) or name@sha256:<hex>"
             )

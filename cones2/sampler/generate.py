@@ -8,7 +8,6 @@ PNGs whose text metadata records everything needed to reproduce them.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,10 @@ def build_layout(
         colour_map: dict[str, Any] = {}
         for colour, target in _pairs(colours, "--colour"):
             word, _, weight = target.partition(":")
-            colour_map[colour] = (word, float(weight)) if weight else word
+            try:
+                colour_map[colour] = (word, float(weight)) if weight else word
+            except ValueError:
+                raise UsageError(f"--colour {colour}={target}: use R,G,B=WORD[:WEIGHT] with a number as WEIGHT") from None
         parts.append(Layout.from_colour_image(layout_image, colour_map, tolerance=tolerance or DEFAULT_COLOUR_TOLERANCE))
     if not parts:
         if weight_map:
@@ -111,20 +113,41 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     from ..base_model import model_info, resolve_model_path
     from ..demo_model import DEMO_NOTICE
     from ..sampler.attention_maps import save_attention_maps
-    from ..sampler.pipeline import Cones2Pipeline
+    from ..sampler.pipeline import Cones2Pipeline, check_settings
 
+    check_settings(height=height, width=width, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
+                   tolerance=tolerance)
+    output_path = Path(output)
+    for folder_needed in (output_path.parent, Path(attention_dir) if attention_dir is not None else None):
+        if folder_needed is None:
+            continue
+        try:  # before minutes of sampling, not after
+            folder_needed.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {folder_needed}: {exc.strerror or exc}") from None
     info = model_info(model)
     _, folder = resolve_model_path(model, full=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available here")
     dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
     torch_dtype = getattr(torch, dtype)
+    _quiet_loading()
     pipe = Cones2Pipeline.from_pretrained(str(folder), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
     pipe.base_fingerprint = info.fingerprint
     if SCHEDULERS[scheduler]:
         import diffusers
 
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    pipe = pipe.to(device)
+    try:
+        pipe = pipe.to(device)
+    except (RuntimeError, AssertionError) as exc:  # e.g. mps or a CUDA index that is not here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"--device {device!r}: {first}") from None
     pipe.set_progress_bar_config(disable=not progress)
     size = pipe.unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
@@ -132,8 +155,6 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     width = width or size * pipe.vae_scale_factor
     layout = build_layout(boxes, masks, layout_image, colours, weights, pixels, (height, width), overlap, tolerance)
 
-    if info.is_demo and progress:
-        print(f"Note: using the {DEMO_NOTICE}.", file=sys.stderr)
     out = pipe(
         prompt, subject_map, layout, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
         self_recurrence=self_recurrence, num_inference_steps=steps, guidance_scale=guidance_scale,
@@ -158,21 +179,31 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
         },
         "cones2_version": __version__,
     }
-    output_path = Path(output)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, image in enumerate(out.images):
-        meta = PngInfo()
-        meta.add_text("prompt", prompt)
-        meta.add_text("cones2", json.dumps({**record, "image_index": i}, sort_keys=True, default=str))
-        if info.is_demo:
-            meta.add_text("cones2-demo-model", DEMO_NOTICE)
-        path = _numbered(output_path, i, len(out.images))
-        image.save(path, pnginfo=meta)
-        written.append(str(path))
-    record["images"] = written
-    if attention_dir is not None:
-        maps = out.attention_maps or {}
-        files = save_attention_maps(attention_dir, out.images, maps, layout=layout, stem=output_path.stem)
-        record["attention_maps"] = [str(p) for p in files]
+    try:
+        for i, image in enumerate(out.images):
+            meta = PngInfo()
+            meta.add_text("prompt", prompt)
+            meta.add_text("cones2", json.dumps({**record, "image_index": i}, sort_keys=True, default=str))
+            if info.is_demo:
+                meta.add_text("cones2-demo-model", DEMO_NOTICE)
+            path = _numbered(output_path, i, len(out.images))
+            image.save(path, pnginfo=meta)
+            written.append(str(path))
+        record["images"] = written
+        if attention_dir is not None:
+            maps = out.attention_maps or {}
+            files = save_attention_maps(attention_dir, out.images, maps, layout=layout, stem=output_path.stem)
+            record["attention_maps"] = [str(p) for p in files]
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or output_path}: {exc.strerror or exc}") from None
     return record
+
+
+def _quiet_loading() -> None:
+    """Loading bars of diffusers and transformers are not for CLI users (and not one line)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

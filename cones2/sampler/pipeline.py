@@ -43,6 +43,16 @@ from .attention_maps import AttentionRecorder
 from .layout import Layout, latent_grids
 
 
+def check_settings(*, height: int | None = None, width: int | None = None, **numbers: float | None) -> None:
+    """Refuse an image size that is not a positive multiple of 8 and non-finite numbers, in one line."""
+    for label, value in numbers.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise UsageError(f"{label} must be a finite number, not {value}")
+    for label, size in (("height", height), ("width", width)):
+        if size is not None and (size < 8 or size % 8):
+            raise UsageError(f"{label} must be a positive multiple of 8 (pixels), not {size}")
+
+
 @dataclass
 class Cones2PipelineOutput(BaseOutput):
     """Images, the safety flags (None without a checker), attention maps and a run record.
@@ -266,6 +276,7 @@ class Cones2Pipeline(StableDiffusionPipeline):
             raise UsageError("num_inference_steps must be >= 1")
         if layout is not None and not isinstance(layout, Layout):
             raise UsageError(f"layout must be a cones2 Layout, not {type(layout).__name__}")
+        check_settings(height=height, width=width, guidance_scale=guidance_scale, guidance_weight=guidance_weight, eta=eta)
         if not height or not width:
             size = self.unet.config.sample_size
             size = size if isinstance(size, int) else size[0]

@@ -1,0 +1,216 @@
+"""Bad input through the real CLI: one ``Error:`` line, a non-zero exit, nothing stored changed.
+
+Each case runs ``cones2 ...`` (click's CliRunner on :data:`cones2.cli.main`) and checks
+the exit code, that stderr is exactly one line starting with ``Error: `` (no traceback,
+no progress bars), and that the catalogue (``list --json``, ``verify --json``) is the
+same before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cones2.cli import main
+
+PROMPT = "a dog and a mug on the beach"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    # Anything but a deliberate exit is an unhandled exception (a traceback for a user).
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"cones2 {' '.join(map(str, args))} raised {result.exception!r}"
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def state() -> tuple[str, str]:
+    code, listed, _ = run("list", "--json")
+    assert code == 0
+    _, verified, _ = run("verify", "--json")
+    return listed, verified
+
+
+def refused(*args: str, code: int | None = None, text: str | None = None) -> str:
+    """Run a command that must fail cleanly; returns its error line."""
+    before = state()
+    exit_code, _, err = run(*args)
+    assert exit_code != 0, f"cones2 {' '.join(map(str, args))} succeeded"
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    if code is not None:
+        assert exit_code == code, err
+    if text is not None:
+        assert text in err, err
+    assert state() == before, "the catalogue changed"
+    return err
+
+
+@pytest.fixture()
+def fp(demo_model_dir: Path) -> str:
+    from cones2.base_model import model_info
+
+    return model_info(str(demo_model_dir)).fingerprint
+
+
+@pytest.fixture()
+def dog(tmp_path: Path, fp: str) -> Path:
+    """A valid 'dog' residual file for the demo model, registered as dog-max@1 (tag stable)."""
+    from cones2.residual_file import make_residual
+
+    rng = np.random.default_rng(0)
+    path = make_residual(rng.standard_normal((1, 32)).astype("float32"), "dog", [643], fp).save(tmp_path / "dog.safetensors")
+    assert run("add", path, "--name", "dog-max")[0] == 0
+    assert run("tag", "dog-max@1", "stable")[0] == 0
+    return path
+
+
+def _rewrite_header(src: Path, dst: Path, edit) -> Path:  # noqa: ANN001
+    """Copy a residual file with its JSON header edited by ``edit(header)``."""
+    data = src.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    return dst
+
+
+# ---------------------------------------------------------------------------- add: malformed files
+
+
+def _set_meta(key: str, value: object):  # noqa: ANN202
+    def edit(h: dict) -> None:
+        h["__metadata__"][key] = value
+
+    return edit
+
+
+def _set_entry(key: str, value: object):  # noqa: ANN202
+    def edit(h: dict) -> None:
+        h["residual"][key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, text", [
+    (_set_meta("word", 5), "invalid subject word"),              # a non-string word crashed
+    (_set_meta("word", ""), "invalid subject word"),
+    (_set_entry("shape", [1.0, 32]), "malformed tensor entry"),  # float shape crashed
+    (_set_entry("shape", [-1, -32]), "malformed tensor entry"),  # negative shape crashed
+    (_set_entry("dtype", ["F32"]), "not F32 or F16"),            # unhashable dtype crashed
+    (_set_meta("meta", '{"a": NaN}'), "malformed metadata"),     # NaN is not JSON
+])
+def test_add_malformed_header_is_one_line(dog: Path, tmp_path: Path, edit, text: str) -> None:
+    bad = _rewrite_header(dog, tmp_path / "bad.safetensors", edit)
+    err = refused("add", bad, "--name", "other", code=3, text=text)
+    assert "bad.safetensors" in err  # the error names the file
+
+
+def test_add_token_id_outside_the_vocabulary(dog: Path, tmp_path: Path) -> None:
+    bad = _rewrite_header(dog, tmp_path / "big.safetensors", _set_meta("token_ids", "[99999999]"))
+    refused("add", bad, "--name", "other", code=3, text="outside the vocabulary")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"\x00" * 64])
+def test_add_not_a_residual(dog: Path, tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(content)
+    refused("add", bad, "--name", "dog-max", code=3)
+
+
+def test_add_nan_residual_and_other_base_model(dog: Path, tmp_path: Path, fp: str) -> None:
+    from cones2.residual_file import make_residual
+
+    nan = dog.read_bytes()
+    (n,) = struct.unpack("<Q", nan[:8])
+    body = bytearray(nan)
+    body[8 + n : 8 + n + 4] = np.array([np.nan], dtype="<f4").tobytes()
+    (tmp_path / "nan.safetensors").write_bytes(bytes(body))
+    refused("add", tmp_path / "nan.safetensors", "--name", "dog-max", code=3, text="NaN")
+    other = make_residual(np.ones((1, 32), "float32"), "dog", [643], "0" * 64).save(tmp_path / "o.safetensors")
+    refused("add", other, "--name", "dog-max", code=5, text="learned on base model 000000000000")
+
+
+# ---------------------------------------------------------------------------- add: legacy .pt
+
+
+def test_legacy_pickle_refusal_is_one_line(dog: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """A pickle that is not a tensor: refused unexecuted, and torch's protocol warning stays quiet."""
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil(), protocol=4))
+    refused("add", tmp_path / "evil.pt", "--name", "evil", "--word", "dog", code=3, text="refused legacy .pt")
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle" in str(w.message)], "torch's warning reached the user"
+
+
+def test_legacy_integer_tensor_is_refused(dog: Path, tmp_path: Path) -> None:
+    import torch
+
+    torch.save(torch.zeros(32, dtype=torch.int64), tmp_path / "int.pt")
+    refused("add", tmp_path / "int.pt", "--name", "w", "--word", "dog", code=3, text="floating-point")
+
+
+# ---------------------------------------------------------------------------- add: names, versions, meta
+
+
+@pytest.mark.parametrize("version", ["1000000000", "99999999999999999999"])
+def test_add_version_beyond_what_a_reference_can_name(dog: Path, version: str) -> None:
+    # 1000000000 used to be stored, then unreachable (refs take at most 9 digits);
+    # 20 digits overflowed SQLite with a traceback.
+    refused("add", dog, "--name", "big", "--version", version, code=2, text="999999999")
+
+
+def test_add_largest_version_is_reachable(dog: Path) -> None:
+    code, out, _ = run("add", dog, "--name", "big", "--version", "999999999", "--json")
+    assert code == 0 and json.loads(out)["version"] == 999999999
+    code, out, _ = run("show", "big@999999999", "--json")
+    assert code == 0 and json.loads(out)["version"]["version"] == 999999999
+
+
+def test_meta_nan_and_infinity_stay_text(tmp_path: Path, dog: Path) -> None:
+    code, out, _ = run("add", dog, "--name", "m", "--meta", "a=NaN", "--meta", "b=1e999", "--meta", "c=3", "--json")
+    assert code == 0
+    meta = json.loads(out)["metadata"]  # strict JSON: no NaN / Infinity tokens
+    assert meta["a"] == "NaN" and meta["b"] == "1e999" and meta["c"] == 3
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["--height", "7"], 2, "multiple of 8"),           # diffusers' ValueError was a traceback
+    (["--width", "65"], 2, "multiple of 8"),
+    (["--height", "0"], 2, "multiple of 8"),           # 0 was silently the default size
+    (["--cfg", "nan"], 2, "finite"),                   # rendered a NaN image with exit 0
+    (["--guidance-weight", "inf"], 2, "finite"),
+    (["--device", "nope"], 2, "--device"),             # traceback
+    (["--layout-image", "L", "--colour", "255,0,0=dog:x"], 2, "WEIGHT"),  # float('x') traceback
+    (["-o", "/proc/no/such/out.png"], 2, "cannot write"),   # failed after sampling, with a traceback
+])
+def test_generate_refusals_are_one_line(tmp_path: Path, args: list[str], code: int, text: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "L.png")
+    args = [str(tmp_path / "L.png") if a == "L" else a for a in args]
+    out = tmp_path / "x.png"
+    refused("generate", PROMPT, "--steps", "1", "-o", out, *args, code=code, text=text)
+    assert not out.exists()
+
+
+def test_generate_unknown_word_has_no_progress_noise(tmp_path: Path) -> None:
+    """Loading bars and notes used to come before the error line on stderr."""
+    refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", "--box", "cat=0,0,0.5,0.5", code=6, text="cat")
