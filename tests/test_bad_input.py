@@ -214,3 +214,113 @@ def test_generate_refusals_are_one_line(tmp_path: Path, args: list[str], code: i
 def test_generate_unknown_word_has_no_progress_noise(tmp_path: Path) -> None:
     """Loading bars and notes used to come before the error line on stderr."""
     refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", "--box", "cat=0,0,0.5,0.5", code=6, text="cat")
+
+
+def test_generate_output_is_a_png_whatever_its_extension(tmp_path: Path) -> None:
+    """``-o out.xyz`` used to fail after sampling (PIL: unknown extension) with a traceback."""
+    code, _, err = run("generate", "a dog", "--steps", "1", "-o", tmp_path / "out.xyz", "--json")
+    assert code == 0, err
+    assert (tmp_path / "out.xyz").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- layout preview
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["--width", "0"], 6, "pixels a side"),                  # numpy traceback
+    (["--width", "-5"], 6, "pixels a side"),                 # a confusing aspect-ratio error
+    (["--width", "100000", "--height", "100000"], 6, "pixels a side"),  # 30 GB canvas
+    (["-o", "/proc/no/such/l.png"], 2, "cannot write"),      # mkdir traceback
+    (["-o", "OUT/l.xyz"], 2, "cannot write"),                # PIL: unknown extension
+    (["--layout-image", "L", "--colour", "255,0,0=dog", "--tolerance", "nan"], 6, "tolerance"),  # matched nothing
+    (["--layout-image", "L", "--colour", "255,0,0=dog", "--tolerance", "-1"], 6, "tolerance"),
+])
+def test_layout_preview_refusals(tmp_path: Path, args: list[str], code: int, text: str) -> None:
+    from PIL import Image
+
+    layout = np.zeros((64, 64, 3), np.uint8)
+    layout[:, :32] = (255, 0, 0)
+    Image.fromarray(layout).save(tmp_path / "L.png")
+    args = [str(tmp_path / "L.png") if a == "L" else a.replace("OUT", str(tmp_path)) for a in args]
+    refused("layout", "preview", "--box", "dog=0,0,1,1", "-o", tmp_path / "l.png", *args, code=code, text=text)
+
+
+# ---------------------------------------------------------------------------- remotes and pull
+
+
+@pytest.mark.parametrize("namespace", ["../x", "a b", "..", "x/y"])
+def test_pull_all_refuses_a_bad_namespace(namespace: str) -> None:
+    """``pull --all ../x`` used to exit 0 with an empty mirror."""
+    refused("pull", "--all", namespace, code=2, text="invalid Hub namespace")
+
+
+@pytest.mark.parametrize("content", [
+    '{"remotes": {"team": "acme"}}',                            # AttributeError traceback
+    '{"remotes": {"team": {}}}',                                # KeyError traceback
+    '{"remotes": {"team": {"namespace": "acme", "endpoint": 5}}}',
+    "not json",
+    "[1]",
+])
+def test_malformed_remotes_file(cones2_home: Path, content: str) -> None:
+    cones2_home.mkdir(parents=True, exist_ok=True)
+    (cones2_home / "remotes.json").write_text(content)
+    refused("remote", "list", code=2, text="remotes.json")
+    refused("pull", "dog-max", code=2, text="remotes.json")
+    assert (cones2_home / "remotes.json").read_text() == content
+
+
+def test_remote_add_and_rm_in_a_read_only_home(dog: Path, cones2_home: Path) -> None:
+    """Writing remotes.json into a read-only home was a PermissionError traceback."""
+    import os
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _registry_helpers import run_cli
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a read-only folder binding for the command")
+    assert run("remote", "add", "team", "acme", "--endpoint", "http://127.0.0.1:9")[0] == 0
+    before = (cones2_home / "remotes.json").read_text()
+    paths = [cones2_home, *cones2_home.rglob("*")]
+    try:
+        for path in paths:
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+        for args in (["remote", "add", "other", "acme"], ["remote", "rm", "team"]):
+            result = run_cli(*args, obey_permissions=True)
+            assert result.returncode == 7, result.stderr
+            assert result.stderr.startswith("Error: cannot write") and result.stderr.count("\n") == 1, result.stderr
+    finally:
+        for path in paths:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    assert (cones2_home / "remotes.json").read_text() == before
+
+
+def test_pull_all_with_a_failure_ends_with_one_error_line(hub_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fp: str) -> None:
+    """Per-version failures are part of the report (stdout); stderr has exactly one Error line."""
+    import uuid
+
+    from cones2.registry import open_catalogue
+    from cones2.registry.hub import add_remote, push
+    from cones2.residual_file import make_residual
+
+    monkeypatch.setenv("HF_TOKEN", "dummy")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    ns = f"team-{uuid.uuid4().hex[:8]}"
+    add_remote("team", ns, hub_server.endpoint, default=True)
+    with open_catalogue() as cat:
+        cat.add(make_residual(np.ones((1, 32), "float32"), "dog", [643], fp), "dog-max")
+    push("dog-max")
+    monkeypatch.setenv("CONES2_HOME", str(tmp_path / "home-b"))
+    add_remote("team", ns, hub_server.endpoint, default=True)
+    with open_catalogue() as cat:  # a local dog-max@1 with other content: that version cannot be pulled
+        cat.add(make_residual(np.zeros((1, 32), "float32") + 2, "dog", [643], fp), "dog-max")
+    for extra in ([], ["--json"]):
+        before = state()
+        code, out, err = run("pull", "--all", ns, *extra)
+        assert code == 12
+        assert err.startswith("Error: 1 of 1 version(s) failed to pull") and err.count("\n") == 1, err
+        assert state() == before
+        if not extra:
+            assert "failed: " in out

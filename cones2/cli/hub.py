@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
+from ..errors import RemoteError, UsageError
 from ._output import console, emit, json_option
 
 
@@ -127,15 +127,18 @@ def _pull_all(namespace: str | None, remote_name: str | None, workers: int, as_j
         counts[r.status] = counts.get(r.status, 0) + 1
 
     def human() -> None:
-        for r in results:
+        for r in results:  # part of the report (stdout); the one error line comes last, on stderr
             if r.status in ("failed", "skipped"):
-                click.echo(f"{r.status}: {r.repo}@{r.version}: {r.reason}", err=True)
+                click.echo(f"{r.status}: {r.repo}@{r.version}: {r.reason}")
         parts = [f"{counts.get(k, 0)} {k}" for k in ("pulled", "present", "skipped", "failed")]
         click.echo(f"{len(results)} version(s): " + ", ".join(parts))
 
     emit({"results": [r.to_dict() for r in results], "counts": counts}, as_json, human)
     if counts.get("failed"):
-        sys.exit(12)
+        first = next(r for r in results if r.status == "failed")
+        click.echo(f"Error: {counts['failed']} of {len(results)} version(s) failed to pull "
+                   f"(first: {first.repo}@{first.version}: {first.reason})", err=True)
+        sys.exit(RemoteError.exit_code)
 
 
 @click.command("push")

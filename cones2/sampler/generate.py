@@ -188,7 +188,7 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
             if info.is_demo:
                 meta.add_text("cones2-demo-model", DEMO_NOTICE)
             path = _numbered(output_path, i, len(out.images))
-            image.save(path, pnginfo=meta)
+            image.save(path, format="PNG", pnginfo=meta)  # always a PNG: the metadata is PNG text
             written.append(str(path))
         record["images"] = written
         if attention_dir is not None:

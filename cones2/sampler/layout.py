@@ -274,6 +274,8 @@ class Layout:
         """
         if not colours:
             raise LayoutError("layout image: no colour -> word map given")
+        if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < float("inf")):
+            raise LayoutError(f"layout image: colour tolerance must be a finite number >= 0, not {tolerance}")
         array = _load_image(image, "layout image")
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)

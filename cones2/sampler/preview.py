@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+MAX_PREVIEW_SIDE = 8192
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
@@ -17,6 +18,10 @@ def render_layout_preview(layout: Any, width: int = 512, height: int = 512, back
     """An RGB PIL image of ``width x height`` showing every region of ``layout``."""
     from PIL import Image, ImageDraw
 
+    from ..errors import LayoutError
+
+    if not (1 <= width <= MAX_PREVIEW_SIDE and 1 <= height <= MAX_PREVIEW_SIDE):
+        raise LayoutError(f"layout preview: size {width}x{height} must be 1 to {MAX_PREVIEW_SIDE} pixels a side")
     layout.check_size(height, width)
     canvas = np.zeros((height, width, 3), dtype=np.float32) + np.array(background, dtype=np.float32)
     cells = layout.cells(height, width)
@@ -40,7 +45,15 @@ def render_layout_preview(layout: Any, width: int = 512, height: int = 512, back
 
 
 def save_layout_preview(layout: Any, path: str | Path, width: int = 512, height: int = 512) -> Path:
+    from ..errors import UsageError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    render_layout_preview(layout, width, height).save(path)
+    image = render_layout_preview(layout, width, height)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # PIL: no format for the file's extension
+        raise UsageError(f"cannot write {path}: {exc}") from None
     return path

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import config
-from ...errors import NotFoundError, UsageError
+from ...errors import NotFoundError, RegistryError, UsageError
 from ...fsutil import atomic_write_bytes
 
 REMOTES_FILE = "remotes.json"
@@ -63,6 +63,10 @@ def _read(home: Path | None = None) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("remotes", {}), dict):
             raise ValueError("not an object with 'remotes'")
+        for name, entry in data.get("remotes", {}).items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("namespace"), str)
+                    and isinstance(entry.get("endpoint"), (str, type(None)))):
+                raise ValueError(f"remote {name!r} needs a 'namespace' string and an optional 'endpoint' string")
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}: unreadable remotes file ({exc})") from None
     data.setdefault("remotes", {})
@@ -71,7 +75,11 @@ def _read(home: Path | None = None) -> dict[str, Any]:
 
 
 def _write(data: dict[str, Any], home: Path | None = None) -> None:
-    atomic_write_bytes(_path(home), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    path = _path(home)
+    try:
+        atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise RegistryError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _default_name(data: dict[str, Any]) -> str | None:

@@ -59,6 +59,8 @@ def split_namespace(text: str) -> tuple[str | None, str]:
 
 def remote_for(namespace: str | None, remote: str | None) -> tuple[Remote | None, str, str]:
     """``(remote, namespace, endpoint)`` for an optional namespace and an optional remote name."""
+    if namespace is not None and (not NAMESPACE_RE.fullmatch(namespace) or ".." in namespace):
+        raise UsageError(f"invalid Hub namespace {namespace!r}: a Hub user or organisation name")
     if remote is not None:
         r = get_remote(remote)
         return r, namespace or r.namespace, r.url
