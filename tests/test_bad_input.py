@@ -324,3 +324,85 @@ def test_pull_all_with_a_failure_ends_with_one_error_line(hub_server, monkeypatc
         assert state() == before
         if not extra:
             assert "failed: " in out
+
+
+# ---------------------------------------------------------------------------- correct already: keep it so
+
+
+@pytest.mark.parametrize("command", ["show", "export", "rm", "tag"])
+@pytest.mark.parametrize("ref, code", [
+    ("dog-max@0", 2), ("dog-max@-1", 2), ("dog-max@x", 2), ("dog-max@", 2), ("dog-max:", 2),
+    ("dog-max@sha256:", 2), ("dog-max@sha256:702b4b", 2), ("dog-max@sha256:zzzzzzzzzzzz", 2),
+    ("dog-max@sha256:ABCDEF012345", 2), ("dog-max@1@2", 2), ("../x", 2), ("a/b/c", 2), ("UPPER", 2), ("", 2),
+    ("nope", 8), ("dog-max@2", 8), ("dog-max:nope", 8), ("dog-max@sha256:ffffffffffff", 8),
+])
+def test_bad_references_everywhere(dog: Path, tmp_path: Path, command: str, ref: str, code: int) -> None:
+    extra = {"export": [str(tmp_path / "x.safetensors")], "tag": ["beta"]}.get(command, [])
+    refused(command, ref, *extra, "--json", code=code)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_tampered_blob_is_refused_by_generate_and_healed_by_re_adding(dog: Path, cones2_home: Path, tmp_path: Path) -> None:
+    import os
+
+    code, out, _ = run("show", "dog-max", "--json")
+    blob = cones2_home / "blobs" / "sha256" / json.loads(out)["version"]["sha256"]
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    refused("generate", "a dog", "--subject", "dog=dog-max", "--steps", "1", "-o", tmp_path / "x.png", code=10, text="corrupt")
+    assert not (tmp_path / "x.png").exists()
+    assert run("add", dog, "--name", "dog-max")[0] == 0  # same content again rewrites the blob
+    code, out, _ = run("verify", "--json")
+    assert code == 0 and json.loads(out)["ok"]
+
+
+@pytest.mark.parametrize("args, code", [
+    (["push", "dog-max"], 8), (["pull", "dog-max"], 8), (["pull", "--remote", "nope", "dog-max"], 8),
+    (["search", "--remote", "nope", "dog"], 8), (["remote", "rm", "nope"], 8),
+    (["remote", "add", "../x", "acme"], 2), (["remote", "add", "UPPER", "acme"], 2), (["remote", "add", "a/b", "acme"], 2),
+    (["remote", "add", "team", "../x"], 2), (["remote", "add", "team", "acme", "--endpoint", "ftp://x"], 2),
+    (["pull"], 2), (["pull", "a/b/c"], 2), (["pull", "dog-max@sha256:702b4b077dfa"], 2),
+])
+def test_remote_commands_without_or_with_bad_remotes(dog: Path, args: list[str], code: int) -> None:
+    refused(*args, code=code)
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["--subject", "cat=DOG"], 4, "learned for the word 'dog'"),
+    (["--subject", "dog"], 2, "LEFT=RIGHT"),
+    (["--subject", "dog=DOG", "--subject", "dog=DOG"], 2, "twice"),
+    (["--subject", "dog=dog-max@9"], 8, "no version 9"),
+    (["--subject", "dog=../x"], 2, "invalid subject name"),
+    (["--box", "dog=0,0,1,1", "--box", "dog=0,0,0.5,0.5"], 2, "twice"),
+    (["--box", "dog=0.6,0,0.4,0.5"], 6, None),
+    (["--box", "dog=nan,0,1,1"], 6, None),
+    (["--mask", "dog=MASK10"], 6, None),           # wrong size
+    (["--mask", "dog=NOTIMG"], 6, "not a readable image"),
+    (["--layout-image", "L", "--colour", "0,255,0=dog"], 6, "matches no pixel"),
+    (["--layout-image", "L", "--colour", "a,b,c=dog"], 6, None),
+    (["--weight", "dog=1"], 2, "needs a layout"),
+    (["--steps", "0"], 2, "at least 1"),
+    (["--num-images", "0"], 2, "at least 1"),
+    (["--model", "/nonexistent"], 5, "not a model folder"),
+])
+def test_generate_refusals_already_one_line(dog: Path, tmp_path: Path, args: list[str], code: int, text: str | None) -> None:
+    from PIL import Image
+
+    layout = np.zeros((64, 64, 3), np.uint8)
+    layout[:, :32] = (255, 0, 0)
+    Image.fromarray(layout).save(tmp_path / "L.png")
+    mask = np.zeros((10, 30), np.uint8)
+    mask[2:8, 2:8] = 255
+    Image.fromarray(mask).save(tmp_path / "m10.png")
+    (tmp_path / "notimg.png").write_text("hello")
+    subs = {"DOG": str(dog), "L": str(tmp_path / "L.png"), "MASK10": str(tmp_path / "m10.png"), "NOTIMG": str(tmp_path / "notimg.png")}
+    def fill(arg: str) -> str:
+        for key, value in subs.items():
+            arg = value if arg == key else arg.replace(f"={key}", f"={value}")
+        return arg
+
+    args = [fill(a) for a in args]
+    refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", *args, code=code, text=text)
+    assert not (tmp_path / "x.png").exists()
