@@ -146,6 +146,10 @@ def test_subject_refusals(pipe, residuals):
         pipe(PROMPT, subjects={"dog": other}, num_inference_steps=1, output_type="latent")
     with pytest.raises(TokenLocationError, match="learned for the word"):
         pipe(PROMPT, subjects={"mug": residuals["dog"]}, num_inference_steps=1, output_type="latent")
+    # Right word, token ids of another word (e.g. a residual made with another tokenizer).
+    mislabelled = make_residual(residuals["dog"].residual, "mug", residuals["dog"].token_ids, residuals["dog"].base_fingerprint)
+    with pytest.raises(TokenLocationError, match=r"token ids \[\d+\] are not 'mug' in this tokenizer"):
+        pipe(PROMPT, subjects={"mug": mislabelled}, num_inference_steps=1, output_type="latent")
     with pytest.raises(LayoutError, match="cat"):
         pipe(PROMPT, layout=Layout.from_boxes({"cat": (0, 0, 1, 1)}), num_inference_steps=1, output_type="latent")
 

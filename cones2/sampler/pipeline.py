@@ -157,10 +157,13 @@ class Cones2Pipeline(StableDiffusionPipeline):
                 # without a known fingerprint (a pipeline built from loose components) only the
                 # hidden size can be checked
                 ensure_compatible(value, fp or value.base_fingerprint, hidden, source=f"subject {key!r}")
-                if list(value.token_ids) != word_token_ids(self.tokenizer, word):
-                    raise TokenLocationError(
-                        f"subject {key!r}: the residual was learned for the word {value.word!r}, not {word!r}"
-                    )
+                expected = word_token_ids(self.tokenizer, word)
+                if list(value.token_ids) != expected:
+                    if value.word.lower() != word.lower():
+                        why = f"the residual was learned for the word {value.word!r}, not {word!r}"
+                    else:
+                        why = f"the residual's token ids {list(value.token_ids)} are not {word!r} in this tokenizer ({expected})"
+                    raise TokenLocationError(f"subject {key!r}: {why}")
                 info["residual_word"] = value.word
             else:
                 info.setdefault("source", "tensor")
