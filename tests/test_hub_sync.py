@@ -148,7 +148,7 @@ def test_pins_by_version_and_tag(hub, ns, fp, monkeypatch, tmp_path):
         pull("cat-tom@9")
     with pytest.raises(NotFoundError):
         pull("no-such-subject")
-    with pytest.raises(Exception, match="version tags"):
+    with pytest.raises(Exception, match="reserved for versions"):
         push("cat-tom@1", tags=("v7",))
 
 

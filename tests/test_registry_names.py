@@ -44,3 +44,7 @@ def test_tags():
     for bad in ("", "Stable", "a/b", "7"):
         with pytest.raises(InvalidNameError):
             validate_tag(bad)
+    assert validate_tag("v1beta") == "v1beta"
+    assert parse_ref("dog-max:v3") == parse_ref("dog-max@3") == Ref("dog-max", version=3)
+    with pytest.raises(InvalidNameError, match="reserved for versions"):
+        validate_tag("v3")

@@ -44,4 +44,8 @@ def validate_tag(tag: str) -> str:
     _check_part(tag, tag, "tag")
     if tag.isdigit():
         raise InvalidNameError(f"invalid tag {_shown(tag)}: all digits would read as a version")
+    if tag[0] == "v" and tag[1:].isdigit():
+        # On a Hub remote, tag vN *is* version N (name:v3 == name@3); a local tag of that
+        # name pointing elsewhere would make the same ref mean two things.
+        raise InvalidNameError(f"invalid tag {_shown(tag)}: v<number> is reserved for versions (use @{tag[1:]})")
     return tag

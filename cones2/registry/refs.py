@@ -4,6 +4,7 @@
 ``dog-max``                 tag ``latest`` if set, else the highest version
 ``dog-max@3``               version 3 (versions are integers 1, 2, 3, ...)
 ``dog-max:stable``          the version tag ``stable`` points to
+``dog-max:v3``              version 3, as on a Hub remote (tags ``vN`` are versions)
 ``dog-max@sha256:0123ab..``  the version whose blob hash starts with the prefix
                             (at least 12 hex characters, unambiguous)
 ==========================  ================================================
@@ -70,6 +71,8 @@ def parse_ref(text: str) -> Ref:
     if ":" in text:
         name, _, tag = text.partition(":")
         validate_name(name)
+        if tag[:1] == "v" and tag[1:].isdigit() and len(tag) - 1 <= len(str(MAX_VERSION)) and int(tag[1:]) >= 1:
+            return Ref(name, version=int(tag[1:]))  # same meaning as on a Hub remote
         validate_tag(tag)
         return Ref(name, tag=tag)
     validate_name(text)
