@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=100)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="cones2-hub-bench-"))
@@ -39,6 +40,7 @@ def main() -> None:
         HF_HUB_CACHE=str(tmp / "hf-cache"),
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         HF_HUB_DISABLE_TELEMETRY="1",
+        TRANSFORMERS_VERBOSITY="error",
         CONES2_HOME=str(tmp / "home-a"),
     )
     os.environ.pop("HF_HUB_OFFLINE", None)
@@ -94,10 +96,22 @@ def main() -> None:
             timed("pull --all, fresh home, warm Hub cache", tmp / "home-c", tmp / "cache-b", every),
             timed("pull subject-000@1 again (present)", tmp / "home-b", tmp / "cache-b", lambda: pull("subject-000@1")),
         ]
-        print(json.dumps({
+        summary = {
             "subjects": args.subjects, "workers": args.workers, "push_all_seconds": round(push_s, 3),
             "residual_bytes_per_subject": residual_bytes // max(1, args.subjects), "runs": rows,
-        }, indent=2))
+        }
+        if args.json:
+            print(json.dumps(summary, indent=2))
+            return
+        print(f"{args.subjects} subjects pushed in {push_s:.2f} s; {summary['residual_bytes_per_subject']} residual bytes each")
+        print("| case | time (s) | requests | body bytes served | statuses |")
+        print("|---|---:|---:|---:|---|")
+        for row in rows:
+            statuses = ", ".join(f"{k} {v}" for k, v in row["statuses"].items())
+            print(f"| {row['case']} | {row['seconds']:.3f} | {row['requests']} | {row['bytes_served']:,} | {statuses} |")
+        base = rows[0]["seconds"]
+        print(f"repeat pull / fresh pull time   {rows[1]['seconds'] / base:.3f}   (bytes on repeat: {rows[1]['bytes_served']})")
+        print(f"warm-cache pull / fresh pull     {rows[2]['seconds'] / base:.3f}   (bytes: {rows[2]['bytes_served']})")
     finally:
         server.stop()
 
