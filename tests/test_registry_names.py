@@ -33,7 +33,7 @@ def test_parse_ref(text, ref):
     assert str(parse_ref(text)) == text
 
 
-@pytest.mark.parametrize("text", ["dog@", "dog@0", "dog@-1", "dog@1.2", "dog:", "dog:Bad", "dog@sha256:xyz", "dog@sha256:0123", "Dog@1", "a/b/c:x", "dog:12"])
+@pytest.mark.parametrize("text", ["dog@", "dog@0", "dog@-1", "dog@1.2", "dog@²", "dog:v²", "dog:", "dog:Bad", "dog@sha256:xyz", "dog@sha256:0123", "Dog@1", "a/b/c:x", "dog:12"])
 def test_bad_refs(text):
     with pytest.raises(InvalidNameError):
         parse_ref(text)

@@ -23,6 +23,12 @@ MIN_DIGEST_PREFIX = 12
 _HEX_RE = re.compile(r"[0-9a-f]{12,64}")
 LATEST = "latest"
 MAX_VERSION = 999_999_999  # nine digits: the most a reference (name@N) can name
+_NUMBER_RE = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() accepts '²', which int() refuses
+
+
+def _version_number(text: str) -> int | None:
+    """The version a reference's ``N`` (of ``@N`` or ``:vN``) names; None unless 1..MAX_VERSION."""
+    return int(text) if _NUMBER_RE.fullmatch(text) and int(text) >= 1 else None
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,18 @@ def parse_ref(text: str) -> Ref:
                     f"invalid reference {text!r}: digest must be {MIN_DIGEST_PREFIX} to 64 lowercase hex characters"
                 )
             return Ref(name, digest=digest)
-        if not selector.isdigit() or len(selector) > len(str(MAX_VERSION)) or int(selector) < 1:
+        version = _version_number(selector)
+        if version is None:
             raise InvalidNameError(
                 f"invalid reference {text!r}: version must be a positive integer (name@3) or name@sha256:<hex>"
             )
-        return Ref(name, version=int(selector))
+        return Ref(name, version=version)
     if ":" in text:
         name, _, tag = text.partition(":")
         validate_name(name)
-        if tag[:1] == "v" and tag[1:].isdigit() and len(tag) - 1 <= len(str(MAX_VERSION)) and int(tag[1:]) >= 1:
-            return Ref(name, version=int(tag[1:]))  # same meaning as on a Hub remote
+        version = _version_number(tag[1:]) if tag[:1] == "v" else None
+        if version is not None:
+            return Ref(name, version=version)  # same meaning as on a Hub remote
         validate_tag(tag)
         return Ref(name, tag=tag)
     validate_name(text)
