@@ -74,7 +74,7 @@ class SubjectKey:
             raise TokenLocationError(f"empty subject word in {key!r}")
         if not sep:
             return cls(word)
-        if not nth.isdigit() or int(nth) < 1:
+        if not (nth.isascii() and nth.isdigit()) or int(nth) < 1:  # isdigit() alone accepts "²"
             raise TokenLocationError(f"bad occurrence in {key!r}: use WORD#N with N >= 1")
         return cls(word, int(nth))
 

@@ -147,7 +147,7 @@ def test_choose_occurrence(tok_enc) -> None:
     out = apply_residuals(torch.zeros(1, 77, 32), ids, {"dog": torch.ones(1, 32), "dog#2": 2 * torch.ones(1, 32)}, tokenizer=tokenizer)
     assert out[0, 2, 0] == 1 and out[0, 5, 0] == 2
     assert SubjectKey.parse("dog#2") == SubjectKey("dog", 2)
-    for bad in ("dog#0", "dog#x", "#2", ""):
+    for bad in ("dog#0", "dog#x", "dog#²", "#2", ""):
         with pytest.raises(TokenLocationError):
             SubjectKey.parse(bad)
 
