@@ -100,6 +100,10 @@ def test_newer_catalogue_is_refused(cones2_home: Path):
     conn.close()
     with pytest.raises(CatalogueVersionError, match="newer cones2.*0099_from_the_future"):
         open_catalogue()
+    db = Database(default_url(cones2_home), cones2_home)
+    with pytest.raises(CatalogueVersionError):
+        db.open()
+    assert db._conn is None  # a refused open leaves no connection behind
 
 
 def test_not_a_catalogue_is_refused(cones2_home: Path):

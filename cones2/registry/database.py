@@ -102,15 +102,20 @@ class Database:
         return str(self.path) if self.path is not None else display_url(self.url)
 
     def open(self) -> None:
-        if self.path is not None:
-            self._open_sqlite()
-        revision = self.current_revision()
-        if revision == SCHEMA_HEAD:
-            return
-        self._check_known(revision)
-        if self.read_only:
-            raise RegistryError(f"catalogue {self.where} needs a schema upgrade but {self.home} is not writable")
-        self.upgrade()
+        """Connect and bring the schema to :data:`SCHEMA_HEAD`; on any refusal nothing stays open."""
+        try:
+            if self.path is not None:
+                self._open_sqlite()
+            revision = self.current_revision()
+            if revision == SCHEMA_HEAD:
+                return
+            self._check_known(revision)
+            if self.read_only:
+                raise RegistryError(f"catalogue {self.where} needs a schema upgrade but {self.home} is not writable")
+            self.upgrade()
+        except BaseException:
+            self.close()  # the caller gets no Catalogue to close
+            raise
 
     def close(self) -> None:
         if self._conn is not None:
