@@ -207,6 +207,18 @@ def test_tampered_blob_is_caught_on_read_and_by_verify(cat, res):
         cat.read_blob(good.sha256)
 
 
+def test_blob_check_does_not_parse_messages(tmp_path: Path):
+    from cones2.registry.store import BlobStore, sha256_hex
+
+    store = BlobStore(tmp_path / "missing" / "blobs")  # "missing" in the path: a corrupt blob is still corrupt
+    digest = store.put(b"residual bytes")
+    assert store.check(digest) == "ok"
+    os.chmod(store.path(digest), 0o644)
+    store.path(digest).write_bytes(b"other bytes")
+    assert store.check(digest) == "corrupt"
+    assert store.check(sha256_hex(b"never stored")) == "missing"
+
+
 def test_base_model_compatibility(cat, res, fp):
     cat.add(res(1), "dog")
     with pytest.raises(BaseModelMismatchError) as info:

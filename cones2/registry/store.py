@@ -3,7 +3,7 @@
 Blobs are written atomically (temp file in ``blobs/tmp``, fsync, rename, folder fsync),
 made read-only once in place, stored once per content, and verified against their
 hash on every read. A process killed mid-write leaves at most a temp file, which
-:meth:`BlobStore.clean_temp` (run by ``gc``) removes; never a partial blob.
+:meth:`BlobStore.temp_files` lists for ``gc`` to remove; never a partial blob.
 """
 
 from __future__ import annotations
@@ -56,30 +56,34 @@ class BlobStore:
             raise RegistryError(f"cannot write blob {digest[:12]} to {self.root}: {exc.strerror or exc}") from None
         return digest
 
-    def read(self, sha256: str) -> bytes:
-        """The blob's bytes, refused unless they hash to ``sha256``."""
-        target = self.path(sha256)
+    def _stored(self, sha256: str) -> bytes | None:
+        """The stored bytes, not yet verified; None when the blob is missing."""
         try:
-            data = target.read_bytes()
+            return self.path(sha256).read_bytes()
         except FileNotFoundError:
-            raise IntegrityError(f"blob sha256:{sha256[:12]} is missing from {self.objects}") from None
+            return None
         except OSError as exc:
             raise RegistryError(f"cannot read blob sha256:{sha256[:12]}: {exc.strerror or exc}") from None
+
+    def read(self, sha256: str) -> bytes:
+        """The blob's bytes, refused unless they hash to ``sha256``."""
+        data = self._stored(sha256)
+        if data is None:
+            raise IntegrityError(f"blob sha256:{sha256[:12]} is missing from {self.objects}")
         actual = sha256_hex(data)
         if actual != sha256:
             raise IntegrityError(
-                f"blob sha256:{sha256[:12]} is corrupt: its content hashes to {actual[:12]} ({target}); "
+                f"blob sha256:{sha256[:12]} is corrupt: its content hashes to {actual[:12]} ({self.path(sha256)}); "
                 "run `cones2 verify`, then re-add or pull the subject"
             )
         return data
 
     def check(self, sha256: str) -> str:
         """``"ok"``, ``"missing"`` or ``"corrupt"``."""
-        try:
-            self.read(sha256)
-        except IntegrityError as exc:
-            return "missing" if "missing" in str(exc) else "corrupt"
-        return "ok"
+        data = self._stored(sha256)
+        if data is None:
+            return "missing"
+        return "ok" if sha256_hex(data) == sha256 else "corrupt"
 
     def iter_digests(self) -> Iterator[str]:
         if not self.objects.is_dir():
