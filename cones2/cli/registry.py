@@ -57,21 +57,21 @@ def add(file: str, name: str, word: str | None, base: str | None, description: s
     """Add a residual FILE (cones2 residual or legacy .pt) as the next version of NAME."""
     metadata = _parse_meta(meta)
     with _catalogue() as cat:
-        before = {v.version for v in cat.list_versions(name)} if _exists(cat, name) else set()
+        before = _versions(cat, name)
         rec = cat.add(file, name, word=word, base=base, description=description, metadata=metadata, version=version)
     created = rec.version not in before
     data = {**rec.to_dict(), "created": created}
     emit(data, as_json, lambda: click.echo(("Added " if created else "Already stored: ") + _version_line(rec)))
 
 
-def _exists(cat: Any, name: str) -> bool:
+def _versions(cat: Any, name: str) -> set[int]:
+    """The version numbers subject ``name`` has (none when it does not exist yet)."""
     from ..errors import NotFoundError
 
     try:
-        cat.list_versions(name)
+        return {v.version for v in cat.list_versions(name)}
     except NotFoundError:
-        return False
-    return True
+        return set()
 
 
 def _summary_lines(subjects: list[Any]) -> None:
@@ -234,8 +234,8 @@ def verify(as_json: bool) -> None:
 def export(ref: str, file: str, as_json: bool) -> None:
     """Write the residual file of REF to FILE (or into the folder FILE)."""
     with _catalogue() as cat:
-        path = cat.export(ref, file)
         rec = cat.resolve(ref)
+        path = cat.export(rec.ref, file)  # the version resolved above, even if a tag moves meanwhile
     emit({"ref": rec.ref, "sha256": rec.sha256, "path": str(path)}, as_json, lambda: click.echo(f"Wrote {rec.ref} to {path}"))
 
 
