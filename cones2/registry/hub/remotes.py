@@ -47,6 +47,14 @@ class Remote:
         return {**asdict(self), "url": self.url}
 
 
+def validate_namespace(namespace: str | None, where: str | None = None) -> str:
+    """Return ``namespace`` if it can be a Hub user or organisation name, else raise UsageError."""
+    if not NAMESPACE_RE.fullmatch(namespace or "") or ".." in namespace:
+        context = f" in {where!r}" if where is not None else ": a Hub user or organisation name"
+        raise UsageError(f"invalid Hub namespace {namespace!r}{context}")
+    return namespace
+
+
 def resolve_endpoint(endpoint: str | None) -> str:
     return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
@@ -113,8 +121,7 @@ def add_remote(
     """Add (or with ``replace`` update) a remote; the first one added becomes the default."""
     if not REMOTE_NAME_RE.fullmatch(name or ""):
         raise UsageError(f"invalid remote name {name!r}: use lowercase [a-z0-9][a-z0-9._-]{{0,63}}")
-    if not NAMESPACE_RE.fullmatch(namespace or "") or ".." in namespace:
-        raise UsageError(f"invalid Hub namespace {namespace!r}: a Hub user or organisation name")
+    validate_namespace(namespace)
     if endpoint is not None:
         endpoint = endpoint.strip().rstrip("/")
         if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", endpoint):

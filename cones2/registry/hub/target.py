@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 from ...errors import NotFoundError, UsageError
 from ..refs import parse_ref
-from .manifest import tag_version, version_tag
+from .manifest import version_tag
 from .remotes import (
-    NAMESPACE_RE,
     Remote,
     find_by_namespace,
     get_remote,
     list_remotes,
     resolve_endpoint,
+    validate_namespace,
 )
 
 
@@ -52,15 +52,13 @@ def split_namespace(text: str) -> tuple[str | None, str]:
     if "/" not in head:
         return None, text
     namespace, _, rest = text.partition("/")
-    if not NAMESPACE_RE.fullmatch(namespace) or ".." in namespace:
-        raise UsageError(f"invalid Hub namespace {namespace!r} in {text!r}")
-    return namespace, rest
+    return validate_namespace(namespace, text), rest
 
 
 def remote_for(namespace: str | None, remote: str | None) -> tuple[Remote | None, str, str]:
     """``(remote, namespace, endpoint)`` for an optional namespace and an optional remote name."""
-    if namespace is not None and (not NAMESPACE_RE.fullmatch(namespace) or ".." in namespace):
-        raise UsageError(f"invalid Hub namespace {namespace!r}: a Hub user or organisation name")
+    if namespace is not None:
+        validate_namespace(namespace)
     if remote is not None:
         r = get_remote(remote)
         return r, namespace or r.namespace, r.url
@@ -87,7 +85,5 @@ def parse_target(text: str, remote: str | None = None) -> Target:
         raise UsageError(f"invalid remote reference {text!r}: use NAME, NAMESPACE/NAME, then @N or :TAG")
     if ref.digest is not None:
         raise UsageError(f"{text}: pull by version (@3) or tag (:stable); digests are checked, not looked up, on the Hub")
-    if ref.tag is not None and tag_version(ref.tag) is not None:
-        ref = type(ref)(ref.name, version=tag_version(ref.tag))  # name:v3 is name@3
     r, namespace, endpoint = remote_for(namespace, remote)
     return Target(namespace, ref.name, ref.version, ref.tag, r, endpoint)
