@@ -18,6 +18,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import BaseModelError
 
@@ -143,19 +144,32 @@ def _weight_files(encoder_dir: Path) -> list[Path]:
     return files
 
 
+def _read_json(path: Path) -> Any:
+    """A model folder's JSON file, or one BaseModelError line when it is unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"{path}: missing or unreadable ({type(exc).__name__})") from None
+
+
 def _tokenizer_canonical(tokenizer_dir: Path) -> tuple[dict[str, int], list[str]]:
     vocab_file, merges_file = tokenizer_dir / "vocab.json", tokenizer_dir / "merges.txt"
     if vocab_file.is_file() and merges_file.is_file():
-        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        vocab = _read_json(vocab_file)
         merges = [
             " ".join(line.split())
             for line in merges_file.read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.startswith("#version")
         ]
+        if not isinstance(vocab, dict):
+            raise BaseModelError(f"{vocab_file}: not a vocabulary (JSON object)")
         return vocab, merges
     fast = tokenizer_dir / "tokenizer.json"
     if fast.is_file():
-        model = json.loads(fast.read_text(encoding="utf-8"))["model"]
+        model = _read_json(fast)
+        model = model.get("model") if isinstance(model, dict) else None
+        if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+            raise BaseModelError(f"{fast}: no BPE model with a vocabulary")
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         return model["vocab"], merges
     raise BaseModelError(f"{tokenizer_dir}: no tokenizer files (vocab.json + merges.txt or tokenizer.json)")
@@ -236,25 +250,27 @@ def model_info(model: str | os.PathLike[str] | None = None) -> BaseModelInfo:
 
     source, path = resolve_model_path(model)
     _relevant_files(path)  # a clear error for folders that are not SD models
-    try:
-        config = json.loads((path / "text_encoder" / "config.json").read_text())
-    except (OSError, ValueError):
-        raise BaseModelError(f"{path}: missing or unreadable text_encoder/config.json") from None
+    config = _read_json(path / "text_encoder" / "config.json")
+    hidden_size = config.get("hidden_size") if isinstance(config, dict) else None
+    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
+        raise BaseModelError(f"{path}: text_encoder/config.json has no valid hidden_size")
     vocab, _ = _tokenizer_canonical(path / "tokenizer")
     max_length = 77
     tok_config = path / "tokenizer" / "tokenizer_config.json"
     if tok_config.is_file():
-        value = json.loads(tok_config.read_text()).get("model_max_length", 77)
+        tok_settings = _read_json(tok_config)
+        value = tok_settings.get("model_max_length", 77) if isinstance(tok_settings, dict) else 77
         max_length = int(value) if isinstance(value, int) and value < 100_000 else 77
     added = 0
     if (path / "tokenizer" / "tokenizer.json").is_file():
-        fast = json.loads((path / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
-        added = sum(1 for t in fast.get("added_tokens", []) if t["content"] not in vocab)
+        fast = _read_json(path / "tokenizer" / "tokenizer.json")
+        added_tokens = fast.get("added_tokens", []) if isinstance(fast, dict) else []
+        added = sum(1 for t in added_tokens if t["content"] not in vocab)
     return BaseModelInfo(
         source=source,
         path=str(path),
         fingerprint=fingerprint(path),
-        hidden_size=int(config["hidden_size"]),
+        hidden_size=hidden_size,
         vocab_size=len(vocab) + added,
         max_length=max_length,
         is_demo=is_demo_model(path),

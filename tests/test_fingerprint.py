@@ -127,3 +127,19 @@ def test_not_a_model_folder(tmp_path: Path) -> None:
         model_info(str(tmp_path / "empty"))
     with pytest.raises(BaseModelError, match="not a model folder"):
         model_info(str(tmp_path / "missing" / "deeper" / "x"))
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        ("tokenizer/tokenizer_config.json", "{bad", "tokenizer_config.json: missing or unreadable"),
+        ("tokenizer/tokenizer.json", "[1]", "no BPE model with a vocabulary"),
+        ("text_encoder/config.json", "{}", "no valid hidden_size"),
+    ],
+)
+def test_malformed_model_files_are_one_line_errors(demo_model_dir: Path, tmp_path: Path, file, content, message) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(demo_model_dir, folder)
+    (folder / file).write_text(content)
+    with pytest.raises(BaseModelError, match=message):
+        model_info(str(folder))
