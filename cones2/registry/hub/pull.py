@@ -41,8 +41,9 @@ from .manifest import (
     Manifest,
     parse_manifest,
     tag_version,
+    version_tag,
 )
-from .target import Target, parse_target, remote_for
+from .target import parse_target, remote_for
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 LATEST_TAG = "latest"
@@ -89,7 +90,7 @@ def _choose_label(tags: dict[str, str], repo_id: str) -> str:
     versions = [n for n in (tag_version(t) for t in tags) if n is not None]
     if not versions:
         raise NotFoundError(f"{repo_id} has no cones2 versions (no v1, v2, ... tags)")
-    return f"v{max(versions)}"
+    return version_tag(max(versions))
 
 
 def _check_base(manifest: Manifest, source: str, info: Any) -> None:
@@ -228,10 +229,9 @@ def pull_all(
     from .. import open_catalogue
 
     r, ns, endpoint = remote_for(namespace, remote)
-    target = Target(ns, "", None, None, r, endpoint)
-    client = HubClient(target.endpoint)
-    remote_name = target.remote.name if target.remote else None
-    repos = sorted(m.id for m in client.list_subject_repos(target.namespace, filters=(SUBJECT_TAG,)))
+    client = HubClient(endpoint)
+    remote_name = r.name if r else None
+    repos = sorted(m.id for m in client.list_subject_repos(ns, filters=(SUBJECT_TAG,)))
     info = _base_info()
     results: list[PullResult] = []
 
