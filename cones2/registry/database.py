@@ -259,9 +259,13 @@ class Database:
             except sqlite3.DatabaseError as exc:
                 raise RegistryError(f"cannot read the catalogue {self.where}: {exc}") from None
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
-        with self.engine().connect() as conn:
-            return list(conn.execute(text(sql), params).all())
+        try:
+            with self.engine().connect() as conn:
+                return list(conn.execute(text(sql), params).all())
+        except SQLAlchemyError as exc:  # as the sqlite3 path above: one line, not a traceback
+            raise RegistryError(f"cannot read the catalogue {self.where}: {_first_line(exc)}") from None
 
     # ------------------------------------------------------------------ writes
 
