@@ -15,16 +15,25 @@ Models (``--model``):
              from their published configs with random weights (no download)
 
 Time: wall-clock of one full pipeline call (prompt encoding, denoising, VAE decode), best
-of ``--repeats``, after one warm-up call of (a) at the same settings.
-Peak memory: Linux peak resident set size. Before each config the process's peak RSS is
+of ``--repeats`` rounds that run the configs in turn (a b c d a b c d ...), after one warm-up
+call of (a) at the same settings.
+On a GPU (``--device cuda``) every timing ends with ``torch.cuda.synchronize()``, the UNet
+hooks synchronise too, each config gets one untimed warm-up call, and peak memory is
+``torch.cuda.max_memory_allocated()`` above the allocation at the config's start.
+On the CPU, peak memory is the Linux peak resident set size. Before each config the process's peak RSS is
 reset (``echo 5 > /proc/self/clear_refs``) and the current RSS read, after ``gc.collect()`` and
 glibc ``malloc_trim(0)`` (so memory freed by the previous config is not silently reused); the config's peak is
 ``VmHWM`` after the run minus that RSS (the models themselves are loaded before and
 excluded). Where clear_refs is unavailable, tracemalloc-free RSS sampling is used instead
 (a 5 ms sampler thread).
 
+Consistency: (c) and (d) compute the same maths in two execution schemes, so the bench
+also prints the largest pixel difference between their images (a scheme that got the
+maths wrong shows up here, not only in the tests).
+
 Usage:  python benchmarks/sampler_bench.py --model demo
         python benchmarks/sampler_bench.py --model sd21-arch --size 384 --steps 2
+        python benchmarks/sampler_bench.py --model sd21-arch --size 768 --steps 4 --device cuda --dtype fp16
 """
 
 from __future__ import annotations
@@ -62,6 +71,28 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+class PeakCUDA:
+    """Peak CUDA allocation above the allocation at entry, in MiB."""
+
+    method = "torch.cuda.max_memory_allocated"
+
+    def __enter__(self) -> PeakCUDA:
+        import torch
+
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self.peak_mib = max(torch.cuda.max_memory_allocated() - self.base, 0) / 2**20
 
 
 class PeakRSS:
@@ -201,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (demo: 6, sd21-arch: 2)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per config, best kept (demo: 3, sd21-arch: 1)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
 
@@ -215,12 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (6 if demo else 2)
     repeats = args.repeats or (3 if demo else 1)
 
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()
     components = demo_components() if demo else sd21_components()
     build_s = time.perf_counter() - t0
     from diffusers import StableDiffusionPipeline
 
     stock = StableDiffusionPipeline(**components)
+    stock.to(args.device, dtype)  # the components are shared: this moves Cones2's too
     cones = Cones2Pipeline(**components)
     for p in (stock, cones):
         p.set_progress_bar_config(disable=True)
@@ -237,15 +275,20 @@ def main(argv: list[str] | None = None) -> int:
         "d": ("reference scheme (eager, split CFG, SR on)", lambda: cones(
             PROMPT, subjects, layout, seed=0, self_recurrence=True, separate_cfg=True, eager_attention=True, **common)),
     }
-    print(f"model {args.model}  size {size}px  steps {steps}  repeats {repeats}  threads {torch.get_num_threads()}  "
+    where = torch.cuda.get_device_name(args.device) if cuda else f"cpu, threads {torch.get_num_threads()}"
+    print(f"model {args.model}  size {size}px  steps {steps}  repeats {repeats}  {args.dtype}  {where}  "
           f"build {build_s:.1f}s  torch {torch.__version__}", flush=True)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    Peak = PeakCUDA if cuda else PeakRSS
     # time inside UNet forward calls (the part attention changes), via hooks on the shared UNet
     unet_time = {"total": 0.0, "start": 0.0, "calls": 0}
 
     def before(*_: object) -> None:
+        sync()
         unet_time["start"] = time.perf_counter()
 
     def after(*_: object) -> None:
+        sync()
         unet_time["total"] += time.perf_counter() - unet_time["start"]
         unet_time["calls"] += 1
 
@@ -253,22 +296,34 @@ def main(argv: list[str] | None = None) -> int:
     components["unet"].register_forward_hook(after)
 
     configs["a"][1]()  # warm-up
-    results: dict[str, dict[str, float]] = {}
+    if cuda:
+        for _, fn in configs.values():
+            fn()  # per-config warm-up: kernel selection and allocator growth are not timed
+    # rounds interleave the configs (a b c d a b c d ...), so a drift in clocks or load
+    # hits every config alike instead of the one that happened to run then
+    runs: dict[str, dict[str, list[float]]] = {k: {"time": [], "unet": [], "peak": []} for k in configs}
+    images: dict[str, object] = {}
+    calls: dict[str, int] = {}
     method = ""
-    for key, (label, fn) in configs.items():
-        times, peaks, unets = [], [], []
-        for _ in range(repeats):
+    for _ in range(repeats):
+        for key, (_, fn) in configs.items():
             unet_time.update(total=0.0, calls=0)
-            with PeakRSS() as mem:
+            with Peak() as mem:
+                sync()
                 t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            peaks.append(mem.peak_mib)
-            unets.append(unet_time["total"])
+                images[key] = fn().images
+                sync()
+                runs[key]["time"].append(time.perf_counter() - t)
+            runs[key]["peak"].append(mem.peak_mib)
+            runs[key]["unet"].append(unet_time["total"])
+            calls[key] = unet_time["calls"]
             method = mem.method
-        results[key] = {"time_s": min(times), "unet_s": min(unets), "unet_calls": unet_time["calls"], "peak_mib": max(peaks)}
-        print(f"  ({key}) {label:<44} {min(times):8.2f} s  (UNet {min(unets):7.2f} s in {unet_time['calls']} calls)  "
-              f"{max(peaks):9.1f} MiB", flush=True)
+    results: dict[str, dict[str, float]] = {}
+    for key, (label, _) in configs.items():
+        r = runs[key]
+        results[key] = {"time_s": min(r["time"]), "unet_s": min(r["unet"]), "unet_calls": calls[key], "peak_mib": max(r["peak"])}
+        print(f"  ({key}) {label:<44} {min(r['time']):8.2f} s  (UNet {min(r['unet']):7.2f} s in {calls[key]} calls)  "
+              f"{max(r['peak']):9.1f} MiB", flush=True)
 
     print()
     print("| config | what | time (s) | UNet time (s) | UNet calls | peak RSS above start (MiB) |")
@@ -287,9 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(b)/(a) memory      {ratios['b/a memory']:.3f}   (target <= 1.10)")
     print(f"(d)/(c) time        {ratios['d/c time']:.3f}   (target >= 2.0 at 384 px and above)")
     print(f"(d)/(c) UNet time   {ratios['d/c UNet time']:.3f}   (denoising only: no prompt encoding, no VAE decode)")
+    import numpy as np
+
+    diff_cd = float(np.abs(np.asarray(images["c"], dtype=np.float64) - np.asarray(images["d"], dtype=np.float64)).max())
+    print(f"max |image(c) - image(d)|  {diff_cd:.2e}   (same maths, two execution schemes; pixels in [0, 1])")
     print(f"memory method: {method}")
     if args.json:
-        print(json.dumps({"model": args.model, "size": size, "steps": steps, "results": results, "ratios": ratios}, indent=2))
+        print(json.dumps({"model": args.model, "size": size, "steps": steps, "device": where, "dtype": args.dtype,
+                          "results": results, "ratios": ratios, "max_image_diff_c_d": diff_cd}, indent=2))
     return 0
 
 

@@ -126,3 +126,46 @@ def test_bias_fades_with_sigma_and_self_attention_untouched():
         b = self_attn(hidden)
     assert (zero - stock).abs().max() <= 1e-6
     assert (a - b).abs().max() == 0
+
+
+def test_one_guidance_call_follows_sigma_across_steps():
+    """The per-step mask cache must follow sigma: one GuidanceCall reused over steps, as the pipeline does."""
+    torch.manual_seed(2)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8)
+    attn.set_processor(Cones2AttnProcessor())
+    B, Q, K = 2, 16, 77
+    hidden, text = torch.randn(B, Q, 32), torch.randn(B, K, 24)
+    W = torch.randn(1, Q, K) * 3
+    call = GuidanceCall(weight_maps={Q: W}, eta=0.08, cond="cfg")
+    with torch.no_grad():
+        for sigma in (7.3, 0.5, 7.3, 0.0):
+            call.sigma = sigma
+            got = attn(hidden, text, cones2=call)
+            want = _eager_reference(attn, hidden, text, W, 0.08, sigma, slice(1, 2))
+            assert (got - want).abs().max() <= 1e-5, sigma
+        # another batch size through the same call (num_images_per_prompt): its own mask
+        hidden4, text4 = torch.randn(4, Q, 32), torch.randn(4, K, 24)
+        call.sigma = 3.0
+        got4 = attn(hidden4, text4, cones2=call)
+        want4 = _eager_reference(attn, hidden4, text4, W, 0.08, 3.0, slice(2, 4))
+    assert (got4 - want4).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sigma", [0.0, 6.0])
+def test_low_precision_bias_stays_finite(sigma, dtype):
+    """fp16/bf16: the -1e8 outside weight saturates to -inf in the mask, never NaN (not even at sigma 0)."""
+    torch.manual_seed(3)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8)
+    attn.eval()
+    B, Q, K = 2, 64, 77
+    hidden, text = torch.randn(B, Q, 32), torch.randn(B, K, 24)
+    W = torch.zeros(1, Q, K)
+    W[0, :, 5] = torch.where(torch.arange(Q) < 20, torch.tensor(2.5), torch.tensor(-1e8))
+    with torch.no_grad():
+        want = _eager_reference(attn, hidden, text, W, 0.08, sigma, slice(1, 2))
+        attn.to(dtype)
+        attn.set_processor(Cones2AttnProcessor())
+        got = attn(hidden.to(dtype), text.to(dtype), cones2=GuidanceCall(weight_maps={Q: W}, eta=0.08, sigma=sigma))
+    assert torch.isfinite(got).all()
+    assert (got.float() - want).abs().max() <= 0.05

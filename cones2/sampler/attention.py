@@ -12,6 +12,14 @@ processor names). The same processor is installed on self-attention layers so th
 is never unknown there; it hands those calls, and every call without guidance, to the
 processor it replaced (by default :class:`diffusers.models.attention_processor.AttnProcessor2_0`),
 so with no layout the output is exactly the stock processor's.
+
+A guided cross-attention call costs one extra small matmul (the conditional rows' raw
+scores, for their standard deviation) and stays one fused SDPA call: the bias goes in as
+SDPA's additive mask, zero on the unconditional rows, so those rows get the stock
+attention. The mask's layout part, ``W * eta * log(1 + sigma^2) * scale``, is built once
+per step and resolution and shared by the layers; a layer only multiplies it by its std.
+An explicit softmax is used only where the probabilities are needed (attention maps) or
+asked for (``eager=True``, the reference's execution scheme in the benchmark).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class GuidanceCall:
     active: bool = True
     recorder: Any = None  # an AttentionRecorder, or None
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
+    _masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
+    _masks_sigma: float | None = field(default=None, repr=False)
 
     @property
     def sigma_factor(self) -> float:
@@ -59,6 +69,29 @@ class GuidanceCall:
         if cached is None:
             cached = self._cache[key] = W.to(device=device, dtype=torch.float32)
         return cached
+
+    def mask_base(
+        self, W: torch.Tensor, batch: int, start: int, scale: float, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``W * eta * log(1 + sigma^2) * scale`` as ``(batch, 1, Q, K')``, zero for rows ``< start``.
+
+        Built in float32 (so ``-1e8 * 0`` stays 0) and cast once to ``dtype``. ``K'`` is
+        ``K`` rounded up to a multiple of 16 (zero columns): a mask sliced back to ``K``
+        keeps the row alignment fused SDPA kernels want, so they need no padded copy.
+        Kept until ``sigma`` changes.
+        """
+        if self._masks_sigma != self.sigma:
+            self._masks.clear()
+            self._masks_sigma = self.sigma
+        q_len, k_len = W.shape[-2], W.shape[-1]
+        key = (q_len, batch, start, float(scale), dtype, str(W.device))
+        base = self._masks.get(key)
+        if base is None:
+            padded = -(-k_len // 16) * 16
+            full = torch.zeros(batch, 1, q_len, padded, device=W.device, dtype=torch.float32)
+            full[start:, 0, :, :k_len] = W * (self.eta * self.sigma_factor * scale)
+            base = self._masks[key] = full.to(dtype)
+        return base
 
 
 def guidance_bias(scores: torch.Tensor, W: torch.Tensor, eta: float, sigma: float) -> torch.Tensor:
@@ -150,7 +183,16 @@ class Cones2AttnProcessor:
         q_len, k_len = query.shape[2], key.shape[2]
         scale = attn.scale
 
-        if W is None:  # recording only: explicit softmax over every row, no bias
+        if W is not None and call.recorder is None and not self.eager:
+            if W.shape[-1] != k_len:
+                raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
+            # std of the conditional rows' raw QK^T, in float32 (raw fp16 scores can overflow)
+            std = (query[start:].float() @ key[start:].float().transpose(-1, -2)).std()
+            mask = (call.mask_base(W, batch_size, start, scale, query.dtype) * std.to(query.dtype))[..., :k_len]
+            if attention_mask is not None:
+                mask = mask + attention_mask
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        elif W is None:  # recording only: explicit softmax over every row, no bias
             scores = (query @ key.transpose(-1, -2)) * scale
             if attention_mask is not None:
                 scores = scores + attention_mask
