@@ -49,3 +49,34 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse, with one line, a folder that cannot be created or written; leave nothing behind.
+
+    Used before long work whose output goes there, so a doomed run fails at once and a
+    failed run leaves no empty folders: missing folders are created to prove they can be,
+    then removed again (the output step creates them for real).
+    """
+    from .errors import UsageError
+
+    path = Path(folder)
+    missing = []
+    probe = path.absolute()
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(probe))
+        for made in reversed(missing):
+            made.mkdir()
+        target = path.absolute()
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable", str(target))
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    finally:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()

@@ -216,6 +216,17 @@ def test_generate_unknown_word_has_no_progress_noise(tmp_path: Path) -> None:
     refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", "--box", "cat=0,0,0.5,0.5", code=6, text="cat")
 
 
+def test_failed_generate_leaves_no_empty_folders(tmp_path: Path) -> None:
+    """Output and attention-map folders used to be created before the run, and stayed when it failed."""
+    refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "new" / "x.png", "--attention-maps", tmp_path / "maps",
+            "--box", "cat=0,0,0.5,0.5", code=6, text="cat")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "maps").exists()
+    # an output folder that cannot be made is still refused before sampling
+    (tmp_path / "file").write_text("x")
+    refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", "--attention-maps", tmp_path / "file" / "maps",
+            code=2, text="cannot write to")
+
+
 def test_generate_output_is_a_png_whatever_its_extension(tmp_path: Path) -> None:
     """``-o out.xyz`` used to fail after sampling (PIL: unknown extension) with a traceback."""
     code, _, err = run("generate", "a dog", "--steps", "1", "-o", tmp_path / "out.xyz", "--json")

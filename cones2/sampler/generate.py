@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..fsutil import check_writable_folder
 
 SCHEDULERS = {
     "default": None,
@@ -119,12 +120,8 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
                    tolerance=tolerance)
     output_path = Path(output)
     for folder_needed in (output_path.parent, Path(attention_dir) if attention_dir is not None else None):
-        if folder_needed is None:
-            continue
-        try:  # before minutes of sampling, not after
-            folder_needed.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot write to {folder_needed}: {exc.strerror or exc}") from None
+        if folder_needed is not None:
+            check_writable_folder(folder_needed)  # before minutes of sampling, not after
     info = model_info(model)
     _, folder = resolve_model_path(model, full=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,6 +178,7 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     }
     written = []
     try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(out.images):
             meta = PngInfo()
             meta.add_text("prompt", prompt)
