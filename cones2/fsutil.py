@@ -60,9 +60,9 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> None:
     """
     from .errors import UsageError
 
-    path = Path(folder)
+    target = Path(folder).absolute()
     missing = []
-    probe = path.absolute()
+    probe = target
     while not probe.exists() and probe.parent != probe:
         missing.append(probe)
         probe = probe.parent
@@ -71,7 +71,6 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> None:
             raise NotADirectoryError(20, "not a folder", str(probe))
         for made in reversed(missing):
             made.mkdir()
-        target = path.absolute()
         if not os.access(target, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable", str(target))
     except OSError as exc:

@@ -182,10 +182,10 @@ class Cones2AttnProcessor:
             raise UsageError("Cones 2 guidance with cond='cfg' needs an [uncond, cond] batch of even size")
         q_len, k_len = query.shape[2], key.shape[2]
         scale = attn.scale
+        if W is not None and W.shape[-1] != k_len:
+            raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
 
         if W is not None and call.recorder is None and not self.eager:
-            if W.shape[-1] != k_len:
-                raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
             # std of the conditional rows' raw QK^T, in float32 (raw fp16 scores can overflow)
             std = (query[start:].float() @ key[start:].float().transpose(-1, -2)).std()
             mask = (call.mask_base(W, batch_size, start, scale, query.dtype) * std.to(query.dtype))[..., :k_len]
@@ -200,8 +200,6 @@ class Cones2AttnProcessor:
             call.recorder.add(probs[start:], q_len)
             hidden_states = probs @ value
         else:
-            if W.shape[-1] != k_len:
-                raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
             # conditional rows: raw scores, bias, scale, softmax -- in float32, on the small
             # pixels x tokens tensor that cross-attention has anyway
             scores = query[start:].float() @ key[start:].float().transpose(-1, -2)
