@@ -131,6 +131,16 @@ class _Sampler:
         return picked
 
 
+def _adamw(encoder: Any, device: Any, cfg: TrainConfig) -> Any:
+    """AdamW with diffusers' training-script settings, its fused kernel where torch has one for the device."""
+    import torch
+
+    settings = {"lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "weight_decay": cfg.adam_weight_decay,
+                "eps": cfg.adam_epsilon}
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(encoder.parameters(), fused=fused, **settings)
+
+
 def train_subject(
     images: Iterable[str | os.PathLike[str]],
     word: str,
@@ -205,7 +215,8 @@ class _Run:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, checkpoint: Path | None) -> None:
+    def setup(self, checkpoint: Path | None, components: dict[str, Any] | None = None) -> None:
+        """Load the models (or take ``components``: unet, vae, text_encoder, scheduler), cache latents, restore a checkpoint."""
         import torch
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -217,16 +228,22 @@ class _Run:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.device_name == "cpu")
         device = self.accelerator.device
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        self.scheduler = DDPMScheduler.from_pretrained(str(root), subfolder="scheduler")
-        encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"))
-        unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae")
+        if components is None:
+            components = {
+                "scheduler": DDPMScheduler.from_pretrained(str(root), subfolder="scheduler"),
+                "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder")),
+                "unet": UNet2DConditionModel.from_pretrained(str(root), subfolder="unet"),
+                "vae": AutoencoderKL.from_pretrained(str(root), subfolder="vae"),
+            }
+        self.scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+        encoder, unet, vae = components["text_encoder"], components["unet"], components["vae"]
         for frozen in (unet, vae):
             frozen.requires_grad_(False)
             frozen.eval()
             frozen.to(device, dtype=weight_dtype)
         self.latents = encode_latents(vae, self.pictures, device=device, dtype=weight_dtype)
-        self.vae = vae
+        # the VAE is only needed again to decode validation images
+        self.vae = vae if cfg.validate_every else None
         self.unet = unet
         if cfg.gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
@@ -240,8 +257,7 @@ class _Run:
         with torch.no_grad():
             # E0(p): the base encoder's output for the training prompt, fixed for the run
             self.base_embeds = encoder(self.prompt_ids)[0].detach().float()
-        optimizer = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        optimizer = _adamw(encoder, device, cfg)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         order: list[int] = []
         if checkpoint is not None:
