@@ -114,6 +114,23 @@ def _deferred_interrupt() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-file progress bars from transformers/diffusers while models load (ours is the one bar)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in states:
+            if enabled:
+                module.enable_progress_bar()
+
+
 class _Sampler:
     """Draws batches (image indices, latent noise, flips, noise, timesteps) from one generator."""
 
@@ -219,22 +236,20 @@ class _Run:
         """Load the models (or take ``components``: unet, vae, text_encoder, scheduler), cache latents, restore a checkpoint."""
         import torch
         from accelerate import Accelerator
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from accelerate.state import AcceleratorState
+        from diffusers import DDPMScheduler
 
         from .data import encode_latents
 
-        cfg, root = self.config, Path(self.info.path)
+        cfg = self.config
+        # accelerate keeps its settings process-wide; each run sets its own (a long-lived process
+        # trains with other settings next), keeping the distributed setup of `accelerate launch`
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.device_name == "cpu")
         device = self.accelerator.device
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         if components is None:
-            components = {
-                "scheduler": DDPMScheduler.from_pretrained(str(root), subfolder="scheduler"),
-                "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder")),
-                "unet": UNet2DConditionModel.from_pretrained(str(root), subfolder="unet"),
-                "vae": AutoencoderKL.from_pretrained(str(root), subfolder="vae"),
-            }
+            components = self._load()
         self.scheduler = DDPMScheduler.from_config(components["scheduler"].config)
         encoder, unet, vae = components["text_encoder"], components["unet"], components["vae"]
         for frozen in (unet, vae):
@@ -265,6 +280,19 @@ class _Run:
             self.step, order, self.losses = state.step, state.order, list(state.losses)
         self.encoder, self.optimizer = self.accelerator.prepare(encoder, optimizer)
         self.sampler = _Sampler(len(self.pictures), self.generator, order)
+
+    def _load(self) -> dict[str, Any]:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        root = Path(self.info.path)
+        with _quiet_loading():
+            return {
+                "scheduler": DDPMScheduler.from_pretrained(str(root), subfolder="scheduler"),
+                "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder")),
+                "unet": UNet2DConditionModel.from_pretrained(str(root), subfolder="unet"),
+                "vae": AutoencoderKL.from_pretrained(str(root), subfolder="vae"),
+            }
 
     # ------------------------------------------------------------------ loop
 
@@ -339,7 +367,8 @@ class _Run:
         if getattr(self, "_base", None) is None:
             from transformers import CLIPTextModel
 
-            base = CLIPTextModel.from_pretrained(str(Path(self.info.path) / "text_encoder"))
+            with _quiet_loading():
+                base = CLIPTextModel.from_pretrained(str(Path(self.info.path) / "text_encoder"))
             base.requires_grad_(False)
             self._base = base.eval().to(self.accelerator.device)
         return self._base
@@ -372,7 +401,7 @@ class _Run:
         pipe.base_fingerprint = self.info.fingerprint
         pipe.set_progress_bar_config(disable=True)
         prompt = (self.config.validation_prompt or "a photo of a {}").format(self.word)
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():  # UNet/VAE may be half precision, the base encoder not
             image = pipe(prompt, {self.word: residual}, None, seed=self.config.seed, height=self.config.resolution,
                          width=self.config.resolution, num_inference_steps=self.config.validation_steps).images[0]
         folder = Path(self.out) / "validation"
