@@ -140,3 +140,38 @@ def test_residual_file_records_the_template_set(tmp_path):
     (n,) = struct.unpack("<Q", raw[:8])
     assert "templates" not in json.loads(raw[8 : 8 + n])["__metadata__"]  # files as before the key existed
     assert parse_residual(raw).templates is None
+
+
+def test_cli_preset_reference_reproduces_python(tmp_path, pipe, case):
+    import json
+
+    from click.testing import CliRunner
+
+    from cones2.cli import main
+    from cones2.sampler.generate import generate_images
+    from cones2.sampler.presets import SamplerSettings, resolve_settings
+
+    Image.fromarray(case["rgb"]).save(tmp_path / "layout.png")
+    files = {w: case["subjects"][w].save(tmp_path / f"{w}.safetensors") for w in ("mug", "dog")}
+    subjects = tuple(f"{w}={p}" for w, p in files.items())
+    colours = ("255,192,0=mug", "255,0,0=dog")
+    args = ["generate", PROMPT, "--layout-image", str(tmp_path / "layout.png"), "--preset", "reference",
+            "--steps", "3", "--seed", "4", "-o", str(tmp_path / "cli.png")]
+    for s in subjects:
+        args += ["--subject", s]
+    for c in colours:
+        args += ["--colour", c]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    generate_images(PROMPT, subjects=subjects, layout_image=str(tmp_path / "layout.png"), colours=colours,
+                    preset="reference", steps=3, seed=4, output=str(tmp_path / "py.png"), progress=False)
+    assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "py.png").read_bytes()
+    # ... and the pixels are the pipeline's
+    direct = pipe(PROMPT, {w: str(p) for w, p in files.items()}, Layout.from_colour_image(tmp_path / "layout.png", {
+        "255,192,0": "mug", "255,0,0": "dog"}), settings=resolve_settings("reference", steps=3), seed=4).images[0]
+    png = Image.open(tmp_path / "cli.png")
+    assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(direct))
+    settings = json.loads(png.text["cones2"])["settings"]
+    implied = SamplerSettings.from_dict({k: settings[k] for k in resolve_settings("reference").to_dict()})
+    assert implied == resolve_settings("reference", steps=3) and settings["overridden"] == ["steps"]
+    assert settings["scheduler"] == "reference" and settings["layout_resize"] == "bilinear"
