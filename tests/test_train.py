@@ -77,7 +77,7 @@ def test_train_registers_a_version_with_training_metadata(photos: Path, tmp_path
     from transformers import CLIPTextModel
 
     from cones2.base_model import model_info
-    from cones2.residual import TEMPLATES, encode, locate_word
+    from cones2.residual import TEMPLATE_SETS, encode, locate_word
 
     steps_seen: list[int] = []
     result = train_subject([photos], "dog", "dog-max", config=quick(), description="Max", keep_encoder=tmp_path / "enc",
@@ -94,6 +94,7 @@ def test_train_registers_a_version_with_training_metadata(photos: Path, tmp_path
     assert (meta["steps"], meta["lr"], meta["batch_size"], meta["seed"]) == (2, 1e-3, 1, 0)
     assert meta["base_fingerprint"] == info.fingerprint and meta["loss"]["first"] > 0
     assert len(meta["loss"]["bucket_means"]) == 2
+    assert residual.templates == "reference" and meta["templates"] == {"set": "reference", "count": 27}
     assert not any(Path(result.output_dir).glob("checkpoint-*"))
 
     # the registered residual is the template mean of the tuned encoder's change at the word,
@@ -102,7 +103,7 @@ def test_train_registers_a_version_with_training_metadata(photos: Path, tmp_path
     tuned = CLIPTextModel.from_pretrained(result.encoder_dir).eval()
     diffs = []
     with torch.no_grad():
-        for template in TEMPLATES:
+        for template in TEMPLATE_SETS["reference"]:
             prompt = template.format("dog")
             ids = tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
             diffs.append((encode(tuned, ids) - encode(base, ids))[0, locate_word(tokenizer, prompt, "dog")])

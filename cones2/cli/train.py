@@ -56,6 +56,8 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
 @click.option("--validate-every", type=int, default=0, show_default=True, help="Render a validation image every N steps (0: never).")
 @click.option("--validation-prompt", default=None, help="Default 'a photo of a WORD'.")
 @click.option("--validation-steps", type=int, default=25, show_default=True, help="Sampling steps of a validation image.")
+@click.option("--templates", type=click.Choice(["reference", "extended"]), default="reference", show_default=True,
+              help="Prompt-template set the residual is averaged over (reference: the paper's 27).")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Checkpoints and validation images (default: $CONES2_HOME/training/NAME).")
 @click.option("--keep-encoder", type=click.Path(file_okay=False), default=None, help="Also save the tuned text encoder here.")
@@ -66,7 +68,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
 def train(images: tuple[str, ...], word: str, name: str, base: str | None, steps: int, lr: float, resolution: int,
           batch_size: int, seed: int, flip: bool, gradient_checkpointing: bool, mixed_precision: str,
           checkpoint_every: int, checkpoints_limit: int, resume: str | None, validate_every: int,
-          validation_prompt: str | None, validation_steps: int, output_dir: str | None, keep_encoder: str | None,
+          validation_prompt: str | None, validation_steps: int, templates: str, output_dir: str | None, keep_encoder: str | None,
           description: str | None, device: str, as_json: bool) -> None:
     """Learn a subject from IMAGES (files or folders) and register its residual as a new version of NAME."""
     from ..train import TrainConfig, train_subject
@@ -75,7 +77,7 @@ def train(images: tuple[str, ...], word: str, name: str, base: str | None, steps
                          gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                          checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_limit,
                          validate_every=validate_every, validation_prompt=validation_prompt,
-                         validation_steps=validation_steps)
+                         validation_steps=validation_steps, templates=templates)
     with _progress(not as_json and sys.stderr.isatty(), steps) as on_step:
         result = train_subject(images, word, name, base=base, config=config, output_dir=output_dir, resume=resume,
                                keep_encoder=keep_encoder, description=description,

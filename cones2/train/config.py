@@ -40,6 +40,7 @@ class TrainConfig:
     validate_every: int = 0  # 0: no validation images
     validation_prompt: str | None = None  # default "a photo of a {word}"
     validation_steps: int = 25
+    templates: str = "reference"  # the prompt-template set the residual is averaged over
 
     def __post_init__(self) -> None:
         def whole(name: str, low: int) -> None:
@@ -64,6 +65,10 @@ class TrainConfig:
                 raise UsageError(f"training setting {name} must be a finite number >= 0, not {value!r}")
         if not self.lr > 0:
             raise UsageError("training setting lr must be > 0")
+        from ..residual import TEMPLATE_SETS
+
+        if self.templates not in TEMPLATE_SETS:
+            raise UsageError(f"training setting templates must be one of {', '.join(TEMPLATE_SETS)}, not {self.templates!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UsageError(f"training setting mixed_precision must be one of {', '.join(MIXED_PRECISION)}, not {self.mixed_precision!r}")
 

@@ -183,7 +183,7 @@ def train_subject(
     from ..base_model import model_info
     from ..fsutil import check_writable_folder
     from ..registry import validate_name
-    from ..residual import TEMPLATES
+    from ..residual import template_set
     from .data import load_images
 
     config = config or TrainConfig()
@@ -198,7 +198,7 @@ def train_subject(
 
     with foreign_errors("loading the tokenizer"):
         tokenizer = CLIPTokenizer.from_pretrained(str(Path(info.path) / "tokenizer"))
-    word_ids = check_word(tokenizer, word, TEMPLATES)
+    word_ids = check_word(tokenizer, word, template_set(config.templates))
     check_catalogue(name, word, info.fingerprint, info.source)
     out = Path(output_dir) if output_dir is not None else default_output_dir(name)
     check_writable_folder(out)
@@ -380,7 +380,7 @@ class _Run:
         was_training = tuned.training
         tuned.eval()
         try:
-            return compute_residual(self.base_encoder(), tuned, self.tokenizer, self.word)
+            return compute_residual(self.base_encoder(), tuned, self.tokenizer, self.word, templates=self.config.templates)
         finally:
             tuned.train(was_training)
 
@@ -394,7 +394,8 @@ class _Run:
         from ..residual_file import make_residual
         from ..sampler import Cones2Pipeline
 
-        residual = make_residual(self.current_residual(), self.word, self.word_ids, self.info.fingerprint)
+        residual = make_residual(self.current_residual(), self.word, self.word_ids, self.info.fingerprint,
+                                 templates=self.config.templates)
         pipe = Cones2Pipeline(vae=self.vae, text_encoder=self.base_encoder(), tokenizer=self.tokenizer, unet=self.unet,
                               scheduler=DDIMScheduler.from_config(self.scheduler.config), safety_checker=None,
                               feature_extractor=None, requires_safety_checker=False)
@@ -426,7 +427,7 @@ def _register(run: _Run, tuned: Any, name: str, description: str | None, checkpo
 
     from .. import __version__
     from ..registry import open_catalogue
-    from ..residual import TEMPLATES
+    from ..residual import template_set
     from ..residual_file import make_residual
 
     cfg, info = run.config, run.info
@@ -443,11 +444,12 @@ def _register(run: _Run, tuned: Any, name: str, description: str | None, checkpo
         "loss": loss_summary(run.losses),
         "base_model": info.source,
         "base_fingerprint": info.fingerprint,
-        "templates": {"set": "default", "count": len(TEMPLATES)},
+        "templates": {"set": cfg.templates, "count": len(template_set(cfg.templates))},
         "resumed_from": checkpoint.name if checkpoint is not None else None,
         "software": {"cones2": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
     }
-    residual = make_residual(run.residual, run.word, run.word_ids, info.fingerprint, {"training": training})
+    residual = make_residual(run.residual, run.word, run.word_ids, info.fingerprint, {"training": training},
+                             templates=cfg.templates)
     del tuned  # the tuned encoder is dropped here unless it was saved with keep_encoder
     with open_catalogue() as catalogue:
         record = catalogue.add(residual, name, base=info, description=description)
