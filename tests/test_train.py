@@ -314,3 +314,12 @@ def test_cli_train_json_and_bad_input(photos: Path, tmp_path: Path) -> None:
     missing = runner.invoke(main, ["train", str(photos), "--word", "dog", "--name", "dog-max", "--steps", "1",
                                    "--resolution", str(RES), "--resume", "checkpoint-9", "--output-dir", str(tmp_path / "run")])
     assert missing.exit_code == TrainingError.exit_code and missing.stderr.startswith("Error: checkpoint checkpoint-9: not found")
+
+
+def test_gradient_checkpointing_gives_the_same_residual(photos: Path) -> None:
+    plain = train_subject([photos], "dog", "dog-a", config=quick(steps=1))
+    checkpointed = train_subject([photos], "dog", "dog-b", config=quick(steps=1, gradient_checkpointing=True))
+    _, a = _stored(plain.ref)
+    _, b = _stored(checkpointed.ref)
+    np.testing.assert_allclose(a.residual, b.residual, atol=1e-6)
+    assert b.metadata["training"]["loss"] == a.metadata["training"]["loss"]
