@@ -323,3 +323,22 @@ def test_gradient_checkpointing_gives_the_same_residual(photos: Path) -> None:
     _, b = _stored(checkpointed.ref)
     np.testing.assert_allclose(a.residual, b.residual, atol=1e-6)
     assert b.metadata["training"]["loss"] == a.metadata["training"]["loss"]
+
+
+def test_interrupt_inside_a_step_writes_no_checkpoint(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cones2.train.loop import _Run
+
+    real = _Run.train_step
+    calls = []
+
+    def cut_short(self):  # noqa: ANN001, ANN202 - a second Ctrl-C lands inside step 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(_Run, "train_step", cut_short)
+    with pytest.raises(TrainingInterrupted, match="inside step 2 of 3; no checkpoint"):
+        train_subject([photos], "dog", "dog-max", config=quick(steps=3), output_dir=tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*checkpoint-*"))
+    _nothing_registered()

@@ -328,12 +328,15 @@ class _Run:
 
     def loop(self, on_step: Callable[[TrainStep], None] | None) -> None:
         cfg = self.config
+        inside_step = False
         try:
             with _deferred_interrupt() as flag:
                 while self.step < cfg.steps:
+                    inside_step = True
                     summary = self.train_step()
                     self.step += 1
                     self.losses.append(summary["loss"])
+                    inside_step = False
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.save()
                     if cfg.validate_every and self.step % cfg.validate_every == 0:
@@ -344,7 +347,12 @@ class _Run:
                     if flag["stop"]:
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
-            # the one boundary: every step above either finished or never started
+            # the one boundary; a first Ctrl-C arrives between steps, a second one may cut a step short
+            if inside_step:
+                raise TrainingInterrupted(
+                    f"training stopped inside step {self.step + 1} of {cfg.steps}; no checkpoint written for it "
+                    "(resume from an earlier checkpoint with --resume latest, if there is one)"
+                ) from None
             path = self.save()
             raise TrainingInterrupted(
                 f"training interrupted after step {self.step} of {cfg.steps}; resume with --resume latest ({path})"
