@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -9,6 +15,8 @@ from click.testing import CliRunner
 from cones2.cli import main
 from cones2.errors import TokenLocationError
 from cones2.residual import apply_residuals, locate_word
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _invoke(*args: str):
@@ -44,3 +52,67 @@ def test_layout_preview_and_generate_name_a_missing_word(tmp_path) -> None:
     assert "'dog' does not occur in prompt 'a cat on the beach'" in generate.output
     assert "limit" not in generate.output and "cut off" not in generate.output
     assert not (tmp_path / "g.png").exists()
+
+
+# --------------------------------------------------------------------------- no writes outside
+
+
+def test_fingerprint_cache_keeps_one_entry_per_existing_folder(demo_model_dir, tmp_path, cones2_home) -> None:
+    import shutil
+
+    from cones2.base_model import fingerprint
+
+    copies = [shutil.copytree(demo_model_dir, tmp_path / f"copy{i}") for i in range(3)]
+    for folder in copies:
+        fingerprint(folder)
+    cache_file = cones2_home / "cache" / "fingerprints.json"
+    assert len(json.loads(cache_file.read_text())) == 3
+    shutil.rmtree(copies[0])
+    shutil.rmtree(copies[1])
+    (copies[2] / "text_encoder" / "config.json").touch()  # changed: recomputed, still one entry
+    fingerprint(copies[2])
+    fingerprint(demo_model_dir)
+    assert set(json.loads(cache_file.read_text())) == {str(copies[2].resolve()), str(demo_model_dir.resolve())}
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_nothing_is_written_outside_cones2_home_and_tmp(tmp_path) -> None:
+    """Tests with session/module fixtures and key commands, in a subprocess whose HOME and
+    XDG folders are empty and read-only: they must stay empty."""
+    outside = {name: tmp_path / name for name in ("home", "data", "cache", "config")}
+    for folder in outside.values():
+        folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONES2_", "HF_", "XDG_"))}
+    env.update(
+        HOME=str(outside["home"]), XDG_DATA_HOME=str(outside["data"]), XDG_CACHE_HOME=str(outside["cache"]),
+        XDG_CONFIG_HOME=str(outside["config"]), TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    for folder in outside.values():
+        folder.chmod(0o555)  # root may still write: emptiness is what is checked
+    try:
+        tests = [
+            f"{REPO}/tests/test_registry_cli.py::test_read_only_home",  # module fixture: fingerprints
+            f"{REPO}/tests/test_registry_catalogue.py::test_add_records_everything[sqlite]",  # session fixture
+            f"{REPO}/tests/test_fingerprint.py::test_fingerprint_is_stable_and_cached",
+        ]
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}",
+             f"--rootdir={REPO}", *tests],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "3 passed" in run.stdout
+        # key commands, with an explicit home (the demo model is built there on first use)
+        home = tmp_path / "cones2-home"
+        cli = [sys.executable, "-m", "cones2", "--home", str(home)]
+        for args in (["quickstart", "--out", str(tmp_path / "qs"), "--no-render"], ["list"], ["base-model", "info"]):
+            done = subprocess.run(cli + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr
+    finally:
+        for folder in outside.values():
+            folder.chmod(0o755)
+    assert {name: _tree(folder) for name, folder in outside.items()} == {name: [] for name in outside}
