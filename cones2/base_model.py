@@ -290,8 +290,11 @@ def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN
     """Load ``(tokenizer, text_encoder)`` of a base model with transformers."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from ._quiet import no_progress_bars
+
     _, path = resolve_model_path(model)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-    encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+    with no_progress_bars():
+        encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
     encoder.eval()
     return tokenizer, encoder

@@ -116,3 +116,42 @@ def test_nothing_is_written_outside_cones2_home_and_tmp(tmp_path) -> None:
         for folder in outside.values():
             folder.chmod(0o755)
     assert {name: _tree(folder) for name, folder in outside.items()} == {name: [] for name in outside}
+
+
+# --------------------------------------------------------------------------- quiet
+
+
+def _quiet_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "DIFFUSERS_", "HF_HUB_DISABLE_PROGRESS"))}
+    return {**env, **extra}
+
+
+def test_library_import_and_demo_model_build_print_nothing(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "import cones2.sampler.pipeline\n"
+        "from cones2.base_model import load_text_encoder\n"
+        "from cones2.demo_model import build_demo_model\n"
+        "load_text_encoder(build_demo_model(sys.argv[1]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], env=_quiet_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""
+
+
+def test_first_add_in_a_fresh_home_shows_no_shard_bar(tmp_path, demo_model_dir, demo_text_encoder) -> None:
+    from cones2.base_model import model_info
+    from cones2.residual import word_token_ids
+    from cones2.residual_file import make_residual
+
+    fp = model_info(str(demo_model_dir)).fingerprint
+    path = make_residual(torch.ones(1, 32), "dog", word_token_ids(demo_text_encoder[0], "dog"), fp).save(tmp_path / "d.safetensors")
+    env = _quiet_env(CONES2_HOME=str(tmp_path / "fresh-home"))
+    env.pop("CONES2_BASE_MODEL")  # the demo model is built on first use, in the home
+    done = subprocess.run([sys.executable, "-m", "cones2", "add", str(path), "--name", "dog-max"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Added dog-max@1")
+    assert done.stderr == ""
+    assert (tmp_path / "fresh-home" / "models").is_dir()
