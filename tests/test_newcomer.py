@@ -155,3 +155,43 @@ def test_first_add_in_a_fresh_home_shows_no_shard_bar(tmp_path, demo_model_dir, 
     assert done.stdout.startswith("Added dog-max@1")
     assert done.stderr == ""
     assert (tmp_path / "fresh-home" / "models").is_dir()
+
+
+# --------------------------------------------------------------------------- exit codes, tags, labels
+
+
+def test_adding_a_missing_file_is_not_found(tmp_path) -> None:
+    for name in ("missing.safetensors", "missing.pt"):
+        result = _invoke("add", str(tmp_path / name), "--name", "dog-max", "--word", "dog")
+        assert result.exit_code == 8, result.output
+        assert result.output.strip() == f"Error: {tmp_path / name}: no such file"
+
+
+def test_push_with_a_label_tag_shows_it_locally(hub_server, monkeypatch, tmp_path, demo_model_dir) -> None:
+    from _hub_helpers import add_local, fingerprint, new_namespace
+
+    from cones2.registry.hub import add_remote
+
+    monkeypatch.setenv("HF_TOKEN", "dummy")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    add_remote("team", new_namespace(), hub_server.endpoint, default=True)
+    add_local("dog-max", fingerprint(demo_model_dir))
+    pushed = _invoke("push", "dog-max", "--tag", "stable")
+    assert pushed.exit_code == 0, pushed.output
+    shown = _invoke("show", "dog-max", "--json")
+    assert json.loads(shown.stdout)["tags"] == {"stable": 1}
+    assert "stable->1" in _invoke("show", "dog-max:stable").output
+
+
+def test_base_model_is_labelled_the_same_by_quickstart_and_add(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("CONES2_BASE_MODEL")  # nothing configured: the demo model, built in the home
+    quick = _invoke("quickstart", "--out", str(tmp_path / "qs"), "--no-render")
+    assert quick.exit_code == 0, quick.output
+    added = _invoke("add", str(tmp_path / "qs" / "dog-max.safetensors"), "--name", "other-dog")
+    assert added.exit_code == 0, added.output
+    for ref in ("dog-max", "other-dog"):
+        data = json.loads(_invoke("show", ref, "--json").stdout)
+        assert data["version"]["base_model"] == "demo"
+        assert data["base_models"] == ["demo"]
+        assert "(demo)" in _invoke("show", ref).output
