@@ -195,3 +195,63 @@ def test_base_model_is_labelled_the_same_by_quickstart_and_add(tmp_path, monkeyp
         assert data["version"]["base_model"] == "demo"
         assert data["base_models"] == ["demo"]
         assert "(demo)" in _invoke("show", ref).output
+
+
+# --------------------------------------------------------------------------- help and --json
+
+
+def _walk(command, path=("cones2",)):
+    import click
+
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            yield from _walk(sub, (*path, name))
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import click
+
+    missing = [
+        f"{' '.join(path)} {param.opts[0]}"
+        for path, command in _walk(main)
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_command_summaries_are_whole_sentences() -> None:
+    import click
+
+    from cones2.cli import summary
+
+    for path, command in _walk(main):
+        if len(path) == 1:
+            continue
+        short = command.get_short_help_str()
+        assert short == summary(command.help), path  # the whole first paragraph, not cut at 45 characters
+        assert short.endswith(".") and short[0].isupper() and "..." not in short, (path, short)
+    for group_path, group in _walk(main):
+        if not isinstance(group, click.Group):
+            continue
+        text = CliRunner().invoke(main, [*group_path[1:], "--help"], terminal_width=80).output
+        listed = " ".join(text.split("Commands:", 1)[1].split())
+        assert "..." not in listed
+        for name, sub in group.commands.items():
+            assert f"{name} {sub.get_short_help_str()}" in listed, (group_path, name)
+
+
+def test_global_json_flag_works_like_the_command_flag(tmp_path) -> None:
+    from _hub_helpers import add_local, fingerprint
+
+    from cones2.config import load_config
+
+    add_local("dog-max", fingerprint(load_config().base_model))
+    for args in (["--json", "list"], ["list", "--json"]):
+        result = _invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert [s["name"] for s in json.loads(result.stdout)] == ["dog-max"]
+    shown = _invoke("--json", "show", "dog-max")
+    assert json.loads(shown.stdout)["ref"] == "dog-max@1"
+    assert not _invoke("list").output.lstrip().startswith("[")  # without it: text for people

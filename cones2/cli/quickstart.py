@@ -12,7 +12,7 @@ from ._output import emit, json_option
 @click.command("quickstart")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cones2-quickstart", show_default=True, help="Where residuals and images go.")
 @click.option("--model", default=None, help="Base model folder or Hub id (default: configured, else the demo model).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in residuals and of the image.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps of the rendered image.")
 @click.option("--no-render", is_flag=True, help="Stop after composing the embeddings.")
 @json_option
