@@ -255,3 +255,51 @@ def test_global_json_flag_works_like_the_command_flag(tmp_path) -> None:
     shown = _invoke("--json", "show", "dog-max")
     assert json.loads(shown.stdout)["ref"] == "dog-max@1"
     assert not _invoke("list").output.lstrip().startswith("[")  # without it: text for people
+
+
+# --------------------------------------------------------------------------- labelled output
+
+
+def test_generate_output_is_labelled(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from cones2.sampler.attention_maps import CAPTION_HEIGHT, COLOUR_BAR_WIDTH, SCALE_WIDTH, _colormap
+
+    maps = tmp_path / "maps"
+    args = ["generate", "a dog and a mug", "--box", "dog=0.05,0.3,0.5,0.95", "--box", "mug=0.55,0.5,0.95,0.95",
+            "--steps", "1", "-o", str(tmp_path / "out.png"), "--attention-maps", str(maps)]
+    result = _invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["layout_preview"] == str(maps / "layout.png")
+    assert str(maps / "layout.png") not in data["attention_maps"]
+    human = _invoke(*args)
+    assert f"layout preview {maps / 'layout.png'}" in human.output
+    assert "attention map" in human.output and f"attention map {maps / 'layout.png'}" not in human.output
+
+    # a heat map carries its colour scale: the ramp from the max (top) to the min (bottom)
+    heat = np.asarray(Image.open(maps / "out-0-attention-dog.png").convert("RGB")).astype(int)
+    side = 256  # the 64 px demo image, enlarged for viewing
+    assert heat.shape[:2] == (side, side + SCALE_WIDTH)
+    bar = heat[:, side + 2 : side + 2 + COLOUR_BAR_WIDTH]
+    assert np.abs(bar[0, 0] - _colormap(np.array(1.0))).max() <= 2
+    assert np.abs(bar[-1, 0] - _colormap(np.array(0.0))).max() <= 2
+    assert (heat[:, side + 2 + COLOUR_BAR_WIDTH :] < 128).any()  # the two values are written beside it
+
+    # every panel of the strip has a caption: dark text in the band under each panel
+    strip = np.asarray(Image.open(maps / "out-0-attention.png").convert("L")).astype(int)
+    assert strip.shape[0] == side + CAPTION_HEIGHT
+    band = strip[side:]
+    starts = [0, side + 4, 2 * (side + 4), 3 * (side + 4) + SCALE_WIDTH]  # layout, image, dog, mug
+    for x in starts:
+        assert (band[:, x : x + 60] < 128).any(), x
+
+
+def test_layout_preview_says_what_its_numbers_are() -> None:
+    from cones2.sampler import Layout
+    from cones2.sampler.preview import region_label
+
+    layout = Layout.from_boxes({"dog": (0.1, 0.1, 0.5, 0.5)}).with_weights({"dog": 3.0})
+    assert region_label(layout.regions[0]) == "dog: inside +3"
+    assert region_label(Layout.from_boxes({"dog": (0.1, 0.1, 0.5, 0.5)}).regions[0]) == "dog: inside +2.5"

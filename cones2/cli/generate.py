@@ -63,6 +63,8 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
             click.echo(f"subject {key!r}: {what} (sha256 {str(sub.get('sha256'))[:12]})")
         for path in result["images"]:
             click.echo(f"wrote {path}")
+        if result.get("layout_preview"):
+            click.echo(f"layout preview {result['layout_preview']}")
         for path in result.get("attention_maps", []):
             click.echo(f"attention map {path}")
 

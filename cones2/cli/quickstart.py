@@ -40,6 +40,8 @@ def quickstart(out_dir: str, model: str | None, seed: int, steps: int, no_render
         if result.render:
             for path in result.render["images"]:
                 click.echo(f"rendered {path}: subjects placed by boxes {', '.join(DEMO_BOXES)}")
+            if result.render.get("layout_preview"):
+                click.echo(f"  layout preview {result.render['layout_preview']}")
             for path in result.render.get("attention_maps", []):
                 click.echo(f"  attention map {path}")
 
