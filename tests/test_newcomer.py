@@ -264,7 +264,12 @@ def test_generate_output_is_labelled(tmp_path) -> None:
     import numpy as np
     from PIL import Image
 
-    from cones2.sampler.attention_maps import CAPTION_HEIGHT, COLOUR_BAR_WIDTH, SCALE_WIDTH, _colormap
+    from cones2.sampler.attention_maps import (
+        CAPTION_HEIGHT,
+        COLOUR_BAR_WIDTH,
+        SCALE_WIDTH,
+        _colormap,
+    )
 
     maps = tmp_path / "maps"
     args = ["generate", "a dog and a mug", "--box", "dog=0.05,0.3,0.5,0.95", "--box", "mug=0.55,0.5,0.95,0.95",
