@@ -101,3 +101,15 @@ class RemoteError(Cones2Error):
     """Hub sync failures: unreachable remote, bad manifest, refused push."""
 
     exit_code = 12
+
+
+class TrainingError(Cones2Error):
+    """Training that cannot start or go on: unusable images, settings, a failed run."""
+
+    exit_code = 13
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by the user (Ctrl-C); a resumable checkpoint was written."""
+
+    exit_code = 130

@@ -69,9 +69,9 @@ def whole_summaries(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from . import base_model, generate, hub, quickstart, registry
+    from . import base_model, generate, hub, quickstart, registry, train
 
-    for module in (base_model, quickstart, registry, generate, hub):
+    for module in (base_model, quickstart, registry, generate, hub, train):
         module.register(main)
     whole_summaries(main)
 
