@@ -95,3 +95,13 @@ class RemoteError(Cones2Error):
     """Hub sync failures: unreachable remote, bad manifest, refused push."""
 
     exit_code = 12
+
+
+class CompositionError(UsageError, ValueError):
+    """A composition (TOML file, PNG record, options) that is malformed; names the field."""
+
+
+class LockError(Cones2Error):
+    """A lockfile that is stale, incomplete or does not match what it pins (``--locked``, ``--check``)."""
+
+    exit_code = 13
