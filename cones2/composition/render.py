@@ -38,11 +38,19 @@ _SCHEDULER_CLASSES = {
 
 @dataclass(frozen=True)
 class RenderJob:
-    """A composition with its resolution; ``outputs`` (one path per seed) overrides the file names."""
+    """A composition with its resolution; ``outputs`` (one path per seed) overrides the file names;
+    ``only`` renders just these of the composition's seeds (``render --from-png``)."""
 
     composition: Composition
     resolution: Resolution
     outputs: tuple[Path, ...] | None = None
+    only: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.only is not None:
+            missing = sorted(set(self.only) - set(self.composition.seeds))
+            if missing:
+                raise UsageError(f"seed {missing[0]} is not one of the composition's seeds {list(self.composition.seeds)}")
 
     def output_for(self, index: int, seed: int, folder: Path) -> Path:
         if self.outputs is not None:
@@ -205,7 +213,8 @@ def _distributed() -> tuple[int, int, int]:
 
 def _work(jobs: Sequence[RenderJob]) -> list[tuple[int, int]]:
     """Every (job, seed index) pair, in order."""
-    return [(j, k) for j, job in enumerate(jobs) for k in range(len(job.composition.seeds))]
+    return [(j, k) for j, job in enumerate(jobs) for k, seed in enumerate(job.composition.seeds)
+            if job.only is None or seed in job.only]
 
 
 def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None) -> RenderResult:
@@ -395,7 +404,8 @@ def _render_share(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
         torch.set_num_threads(torch_threads)
     jobs = [RenderJob(Composition.from_dict(j["composition"]), Resolution.from_dict(j["resolution"]),
-                      tuple(Path(p) for p in j["outputs"])) for j in payload["jobs"]]
+                      tuple(Path(p) for p in j["outputs"]), tuple(j["only"]) if j["only"] is not None else None)
+            for j in payload["jobs"]]
     options = RenderOptions(output_dir=Path(payload["output_dir"]), device=payload["device"],
                             batch_size=payload["batch_size"], contact_sheet=False)
     try:
@@ -415,6 +425,7 @@ def _render_in_processes(jobs: Sequence[RenderJob], work: Sequence[tuple[int, in
         "composition": job.composition.to_dict(),
         "resolution": job.resolution.to_dict(),
         "outputs": [str(job.output_for(k, s, folder)) for k, s in enumerate(job.composition.seeds)],
+        "only": list(job.only) if job.only is not None else None,
     } for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // n)
     shares = [{"jobs": payload_jobs, "work": list(work[p::n]), "output_dir": str(folder), "device": options.device,
