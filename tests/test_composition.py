@@ -214,9 +214,9 @@ def test_version_range_and_upgrade_of_one_subject(tmp_path, dog_max, demo_text_e
     assert [s.ref for s in read_lock(str(path) + ".lock").subjects] == ["dog-max@2", "mug-red@1"]
     with open_catalogue() as cat:
         cat.add(residual(demo_text_encoder, fp, 4, "mug"), "mug-red")
-    ok("lock", "--upgrade", "dog", path)  # only dog is re-resolved: mug stays pinned
+    ok("lock", "--upgrade-subject", "dog", path)  # only dog is re-resolved: mug stays pinned
     assert [s.ref for s in read_lock(str(path) + ".lock").subjects] == ["dog-max@2", "mug-red@1"]
-    ok("lock", "--upgrade", "mug", path)
+    ok("lock", "-P", "mug", path)
     assert [s.ref for s in read_lock(str(path) + ".lock").subjects] == ["dog-max@2", "mug-red@2"]
     bad = comp.to_toml().replace('version = "<3"', 'version = ">=7"')
     (tmp_path / "bad.cones2.toml").write_text(bad)
@@ -237,12 +237,12 @@ def test_python_api_lock_and_render(tmp_path, dog_max):
 
 
 def test_batch_over_two_processes_renders_each_image_once(tmp_path, dog_max):
-    first = composition(seeds=(1, 2, 3)).save(tmp_path / "beach.cones2.toml")
+    first = composition(seeds=(1, 2)).save(tmp_path / "beach.cones2.toml")
     second = composition(seeds=(7,), name="park", prompt="a dog and a mug in the park").save(tmp_path / "park.cones2.toml")
     data = json.loads(ok("render", first, second, "-o", tmp_path / "split", "--num-processes", "2", "--json"))
     names = sorted(Path(i["path"]).name for i in data["images"])
-    assert names == ["beach-1.png", "beach-2.png", "beach-3.png", "park-7.png"]
-    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [*names, "contact-sheet.png"]
+    assert names == ["beach-1.png", "beach-2.png", "park-7.png"]
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted([*names, "contact-sheet.png"])
     ok("render", first, second, "-o", tmp_path / "alone")  # one process, one model load
     for name in names:
         assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
@@ -257,8 +257,8 @@ def test_seeds_batched_in_one_unet_call_match_single_renders_closely(tmp_path, d
     ok("render", path, "-o", tmp_path / "batched", "--batch-size", "3", "--no-contact-sheet")
     ok("render", path, "-o", tmp_path / "single", "--batch-size", "1", "--no-contact-sheet")
     for seed in (1, 2, 3):
-        a = pixels(tmp_path / "batched" / f"b-{seed}.png").astype(int)
-        b = pixels(tmp_path / "single" / f"b-{seed}.png").astype(int)
+        a = pixels(tmp_path / "batched" / f"beach-{seed}.png").astype(int)
+        b = pixels(tmp_path / "single" / f"beach-{seed}.png").astype(int)
         assert np.abs(a - b).max() <= 1
     assert not (tmp_path / "single" / "contact-sheet.png").exists()
 

@@ -73,10 +73,11 @@ def init(name: str, force: bool, as_json: bool) -> None:
 @click.command("lock")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--check", is_flag=True, help="Write nothing; exit non-zero when a lock is missing or stale, saying what moved.")
-@click.option("--upgrade", is_flag=False, flag_value="*", default=None, metavar="[SUBJECT]",
-              help="Re-resolve every subject (or only SUBJECT) instead of keeping the pinned versions.")
+@click.option("--upgrade", is_flag=True, help="Re-resolve every subject instead of keeping the pinned versions.")
+@click.option("-P", "--upgrade-subject", default=None, metavar="SUBJECT",
+              help="Re-resolve only SUBJECT (a word of the composition), keeping the other pins (as uv's --upgrade-package).")
 @json_option
-def lock(files: tuple[str, ...], check: bool, upgrade: str | None, as_json: bool) -> None:
+def lock(files: tuple[str, ...], check: bool, upgrade: bool, upgrade_subject: str | None, as_json: bool) -> None:
     """Resolve compositions and write FILE.lock beside each (exact versions, hashes, base model)."""
     from ..composition import Composition, check_lock, lock_composition
 
@@ -94,7 +95,7 @@ def lock(files: tuple[str, ...], check: bool, upgrade: str | None, as_json: bool
         emit({"locks": results}, as_json, lambda: [click.echo(f"{r['file']}.lock is up to date") for r in results])
         return
     for f, comp in comps:
-        result = lock_composition(comp, f, upgrade=True if upgrade == "*" else (upgrade or False))
+        result = lock_composition(comp, f, upgrade=True if upgrade else (upgrade_subject or False))
         results.append({"file": f, **result.to_dict()})
 
     def human() -> None:
@@ -108,19 +109,27 @@ def lock(files: tuple[str, ...], check: bool, upgrade: str | None, as_json: bool
     emit({"locks": results}, as_json, human)
 
 
-def _progress(as_json: bool, total_hint: int) -> tuple[Any, Any]:
-    if as_json:
-        return None, None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A bar over every image of the batch, opened at the first finished image (so a refusal stays one line)."""
 
-    bar = tqdm(total=total_hint, unit="image", desc="render", leave=False)
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
 
-    return bar, update
+            self.bar = tqdm(total=total, unit="image", desc="render", leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.command("render")
@@ -174,13 +183,11 @@ def render_cmd(files: tuple[str, ...], output_dir: str, from_png: str | None, lo
                 comp = comp.with_seeds(seeds)
             resolution, how[f] = locked_resolution(comp, f, locked=locked)
             jobs.append(RenderJob(comp, resolution))
-    total = sum(len(j.only if j.only is not None else j.composition.seeds) for j in jobs)
-    bar, update = _progress(as_json, total)
+    progress = _Progress(not as_json)
     try:
-        result = render(jobs, replace(options, on_image=update))
+        result = render(jobs, replace(options, on_image=progress))
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     data = {**result.to_dict(), "locks": how}
 
     def human() -> None:

@@ -228,8 +228,11 @@ def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None) -> R
         folders.add(Path(options.attention_dir))
     for folder in sorted(folders):
         check_writable_folder(folder)  # before minutes of sampling
-    for job in jobs:
-        load_residuals(job.resolution)  # verify (and pull) before any model is loaded
+    from ..base_model import model_info
+
+    for job in jobs:  # refuse before any model is loaded
+        check_base(job.resolution, model_info(job.composition.base_model).fingerprint)
+        load_residuals(job.resolution)  # re-verifies every blob; pulls pinned versions that are missing
     work = _work(jobs)
     rank, world, local_rank = _distributed()
     if world > 1:
