@@ -305,3 +305,58 @@ def test_render_refusals_are_one_line_and_write_nothing(tmp_path, dog_max, demo_
     refused("show-png", tmp_path / "plain.png", code=2, text="no cones2 metadata")
     assert not out.exists()
     assert lock_file.read_text() == text
+
+
+# ---------------------------------------------------------------------------- the reference's configs
+
+
+def _reference_config(tmp_path: Path, demo_text_encoder, subject_list) -> Path:
+    import torch
+
+    (tmp_path / "residuals").mkdir()
+    (tmp_path / "layouts").mkdir()
+    g = torch.Generator().manual_seed(0)
+    torch.save(torch.randn(1, 32, generator=g), tmp_path / "residuals" / "dog.pt")
+    torch.save(torch.randn(32, generator=g), tmp_path / "residuals" / "mug.pt")  # (hidden,) is accepted too
+    layout = np.zeros((64, 64, 3), np.uint8)
+    layout[8:56, 2:30] = (255, 0, 0)
+    layout[30:60, 34:62] = (255, 192, 0)
+    layout[0, 0] = (250, 0, 0)  # near red: an exact match leaves it out
+    Image.fromarray(layout).save(tmp_path / "layouts" / "layout_example.png")
+    config = [{
+        "prompt": "a mug and a dog on the beach",
+        "residual_dict": {"dog": "residuals/dog.pt", "mug": "residuals/mug.pt"},
+        "color_context": {"255,192,0": ["mug", 2.5], "255,0,0": ["dog", 2.5]},
+        "guidance_steps": 50, "guidance_weight": 0.08, "weight_negative": -1e8,
+        "layout": "layouts/layout_example.png", "subject_list": subject_list,
+    }]
+    path = tmp_path / "inference.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_import_reference_config_and_render(tmp_path, demo_text_encoder):
+    config = _reference_config(tmp_path, demo_text_encoder, [["mug", 2], ["dog", 5]])
+    data = json.loads(ok("import-reference", config, "-o", tmp_path / "comps", "--json"))
+    assert sorted(s["ref"] for s in data["subjects"]) == ["dog@1", "mug@1"]
+    comp = Composition.load(tmp_path / "comps" / "inference.cones2.toml")
+    assert comp.sampler.preset == "reference" and comp.sampler.colour_match == "exact"
+    assert comp.sampler.guidance_steps == 50 and comp.layout.colours == (("255,192,0", "mug", 2.5), ("255,0,0", "dog", 2.5))
+    assert {s.key: s.ref for s in comp.subjects} == {"dog": "dog@1", "mug": "mug@1"}
+    built = comp.layout.build(64, 64, comp.sampler)
+    assert not built.cells(64, 64)["dog"][0, 0]  # (250, 0, 0) is not (255, 0, 0)
+    # render it (2 steps instead of the reference's 50, to stay fast)
+    path = tmp_path / "comps" / "inference.cones2.toml"
+    path.write_text(path.read_text().replace("guidance_steps = 50", "guidance_steps = 2\nsteps = 2"))
+    ok("render", path, "-o", tmp_path / "out")
+    record = json.loads(Image.open(tmp_path / "out" / "inference-0.png").text["cones2"])
+    assert record["resolved"]["subjects"]["mug"]["positions"] == [2]
+    assert record["resolved"]["subjects"]["dog"]["positions"] == [5]
+
+
+def test_import_reference_refuses_a_subject_list_disagreement(tmp_path, demo_text_encoder):
+    config = _reference_config(tmp_path, demo_text_encoder, [["mug", 2], ["dog", 4]])
+    refused("import-reference", config, "-o", tmp_path / "comps", code=4,
+            text="'dog' is at token 4 in the config, but cones2 finds it at [5]")
+    assert not (tmp_path / "comps").exists()
+    assert json.loads(ok("list", "--json")) in ([], {"subjects": []})
