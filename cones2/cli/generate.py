@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..errors import UsageError
-from ..sampler.generate import SCHEDULERS, build_layout
+from ..sampler.generate import build_layout
+from ..sampler.presets import SCHEDULER_NAMES
 from ._output import emit, json_option
 
 
@@ -21,39 +24,49 @@ from ._output import emit, json_option
 @click.option("--weight", "weights", multiple=True, metavar="WORD=IN[,OUT]", help="Inside (and outside) weight of WORD's region (default 2.5, -1e8).")
 @click.option("--overlap", type=click.Choice(["share", "last", "error"]), default="share", show_default=True, help="What a pixel in several regions means.")
 @click.option("--model", default=None, help="Base model folder or Hub id (default: configured, else the demo model).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--cfg", "guidance_scale", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--guidance-weight", type=float, default=0.08, show_default=True, help="Layout guidance weight eta.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image (image i has seed SEED+i).")
+@click.option("--steps", type=int, default=None, help="Sampling steps (default 50).")
+@click.option("--cfg", "guidance_scale", type=float, default=None, help="Classifier-free guidance scale (default 7.5).")
+@click.option("--guidance-weight", type=float, default=None, help="Layout guidance weight eta (default 0.08).")
 @click.option("--guidance-steps", type=int, default=None, help="Guided steps (default: all).")
-@click.option("--self-recurrence/--no-self-recurrence", default=True, show_default=True)
+@click.option("--self-recurrence/--no-self-recurrence", default=None, help="Self-recurrence during guided steps (default on).")
 @click.option("--negative-prompt", default=None)
 @click.option("--height", type=int, default=None)
 @click.option("--width", type=int, default=None)
 @click.option("--num-images", type=int, default=1, show_default=True)
-@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="default", show_default=True)
+@click.option("--scheduler", type=click.Choice(list(SCHEDULER_NAMES)), default=None, help="Scheduler (default: the model's own).")
 @click.option("--device", default=None, help="cpu, cuda, mps (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float16 on GPU, float32 on CPU.")
 @click.option("-o", "--output", default="cones2.png", show_default=True, type=click.Path(dir_okay=False), help="Output PNG (numbered when --num-images > 1).")
 @click.option("--attention-maps", "attention_dir", type=click.Path(file_okay=False), default=None, help="Save per-subject attention heat maps and the layout preview here.")
+@click.option("--save", default=None, type=click.Path(dir_okay=False), metavar="NAME.cones2.toml", help="Also write this command line's composition as a TOML file (render it again with `cones2 render`).")
 @json_option
 def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pixels: bool, masks: tuple[str, ...],
              layout_image: str | None, colours: tuple[str, ...], tolerance: float | None, weights: tuple[str, ...],
-             overlap: str, model: str | None, seed: int, steps: int, guidance_scale: float, guidance_weight: float,
-             guidance_steps: int | None, self_recurrence: bool, negative_prompt: str | None, height: int | None,
-             width: int | None, num_images: int, scheduler: str, device: str | None, dtype: str | None, output: str,
-             attention_dir: str | None, as_json: bool) -> None:
+             overlap: str, model: str | None, seed: int, steps: int | None, guidance_scale: float | None,
+             guidance_weight: float | None, guidance_steps: int | None, self_recurrence: bool | None,
+             negative_prompt: str | None, height: int | None, width: int | None, num_images: int, scheduler: str | None,
+             device: str | None, dtype: str | None, output: str, attention_dir: str | None, save: str | None,
+             as_json: bool) -> None:
     """Generate an image of PROMPT with subject residuals placed by a layout."""
-    from ..sampler.generate import generate_images
+    from ..composition.model import stem_of
+    from ..sampler.generate import composition_from_options, layout_spec
+    from ..sampler.generate import generate as run
+    from ..sampler.presets import resolve_settings
 
-    result = generate_images(
-        prompt, subjects=subjects, boxes=boxes, pixels=pixels, masks=masks, layout_image=layout_image, colours=colours,
-        tolerance=tolerance, weights=weights, overlap=overlap, model=model, seed=seed, steps=steps,
-        guidance_scale=guidance_scale, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
-        self_recurrence=self_recurrence, negative_prompt=negative_prompt, height=height, width=width,
-        num_images=num_images, scheduler=scheduler, device=device, dtype=dtype, output=output,
-        attention_dir=attention_dir, progress=not as_json,
+    if (steps is not None and steps < 1) or num_images < 1:
+        raise UsageError("--steps and --num-images must be at least 1")
+    settings = resolve_settings(
+        "cones2", steps=steps, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
+        guidance_steps=guidance_steps, self_recurrence=self_recurrence, scheduler=scheduler, colour_tolerance=tolerance,
     )
+    layout = layout_spec(boxes, masks, layout_image, colours, weights, pixels, overlap)
+    comp = composition_from_options(
+        prompt, subjects=subjects, layout=layout, settings=settings, model=model, seed=seed, num_images=num_images,
+        negative_prompt=negative_prompt, height=height, width=width, dtype=dtype,
+        name=stem_of(save) if save else Path(output).stem or "composition",
+    )
+    result = run(comp, output=output, device=device, attention_dir=attention_dir, save=save)
 
     def human() -> None:
         if result["base_model"]["is_demo"]:
@@ -65,6 +78,8 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
             click.echo(f"wrote {path}")
         for path in result.get("attention_maps", []):
             click.echo(f"attention map {path}")
+        if result.get("saved"):
+            click.echo(f"composition {result['saved']}")
 
     emit(result, as_json, human)
 

@@ -213,8 +213,10 @@ class LayoutSpec:
             out.append(("layout.image", self.image))
         return out
 
-    def build(self, height: int, width: int, settings: SamplerSettings) -> Any:
-        """The :class:`~cones2.sampler.layout.Layout` for an image of this size, or None."""
+    def build(self, height: int, width: int, settings: SamplerSettings, tolerance: float | None = None) -> Any:
+        """The :class:`~cones2.sampler.layout.Layout` for an image of this size, or None.
+
+        ``tolerance`` (colour distance) overrides what ``settings`` imply."""
         from ..sampler.layout import Layout
 
         parts = []
@@ -224,7 +226,8 @@ class LayoutSpec:
             parts.append(Layout.from_masks(dict(self.masks), overlap=self.overlap))
         if self.image:
             colour_map: dict[str, Any] = {c: (w if weight is None else (w, weight)) for c, w, weight in self.colours}
-            tolerance = 0.0 if settings.colour_match == "exact" else settings.colour_tolerance
+            if tolerance is None:
+                tolerance = 0.0 if settings.colour_match == "exact" else settings.colour_tolerance
             parts.append(Layout.from_colour_image(self.image, colour_map, tolerance=tolerance))
         if not parts:
             return None

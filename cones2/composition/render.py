@@ -306,8 +306,7 @@ def _render_here(jobs: Sequence[RenderJob], work: Sequence[tuple[int, int]], opt
             if options.attention_dir is not None:
                 from ..sampler.attention_maps import save_attention_maps
 
-                stem = job.output_for(chunk[0], seeds[0], Path(options.output_dir)).stem if job.outputs is None else \
-                    Path(job.outputs[0]).stem
+                stem = job.output_for(chunk[0], seeds[0], Path(options.output_dir)).stem
                 try:
                     maps.extend(save_attention_maps(options.attention_dir, out.images, out.attention_maps or {},
                                                     layout=layout, stem=stem))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..errors import (
     IntegrityError,
     LayoutError,
     NotFoundError,
+    TokenLocationError,
 )
 from ..sampler.presets import SamplerSettings
 from .model import Composition, SubjectSpec, in_range, parse_range
@@ -191,17 +192,32 @@ def _entry(spec: SubjectSpec, record: Any, positions: tuple[int, ...]) -> Resolv
     )
 
 
-def _file_entry(spec: SubjectSpec, positions: tuple[int, ...], fingerprint: str) -> ResolvedSubject:
+def _file_entry(spec: SubjectSpec, positions: tuple[int, ...], fingerprint: str, tokenizer: Any) -> ResolvedSubject:
     from ..residual_file import ensure_compatible, read_residual
 
     where = f"subjects.{spec.key}"
     try:
         residual = read_residual(spec.file)
         ensure_compatible(residual, fingerprint, source=where)
+        _check_word(spec, residual.word, residual.token_ids, tokenizer)
     except Cones2Error as exc:
         raise type(exc)(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
     return ResolvedSubject(key=spec.key, word=residual.word, sha256=residual.sha256(),
                            base_fingerprint=residual.base_fingerprint, positions=positions, file=spec.file, source="file")
+
+
+def _check_word(spec: SubjectSpec, word: str, token_ids: tuple[int, ...], tokenizer: Any) -> None:
+    """Refuse a residual learned for another word (or other tokens) than the subject's."""
+    from ..residual import word_token_ids
+
+    expected = word_token_ids(tokenizer, spec.word)
+    if list(token_ids) == expected:
+        return
+    if word.lower() != spec.word.lower():
+        why = f"the residual was learned for the word {word!r}, not {spec.word!r}"
+    else:
+        why = f"the residual's token ids {list(token_ids)} are not {spec.word!r} in this tokenizer ({expected})"
+    raise TokenLocationError(f"subjects.{spec.key}: {why}")
 
 
 def resolve(composition: Composition, *, pins: Mapping[str, ResolvedSubject] | None = None) -> Resolution:
@@ -210,12 +226,11 @@ def resolve(composition: Composition, *, pins: Mapping[str, ResolvedSubject] | N
 
     base, info = base_model_entry(composition)
     tokenizer = load_tokenizer(info.path)
-    positions = check_words(composition, tokenizer)
-    entries = []
+    entries: dict[str, ResolvedSubject] = {}
     registry_specs = [s for s in composition.subjects if s.ref is not None]
     for spec in composition.subjects:
         if spec.file is not None:
-            entries.append(_file_entry(spec, positions[spec.key], info.fingerprint))
+            entries[spec.key] = _file_entry(spec, (), info.fingerprint, tokenizer)
     if registry_specs:
         with open_catalogue() as cat:
             for spec in registry_specs:
@@ -228,10 +243,11 @@ def resolve(composition: Composition, *, pins: Mapping[str, ResolvedSubject] | N
                         record = None
                 if record is None:
                     record = _pick(cat, spec, info.fingerprint)
-                entries.append(_entry(spec, record, positions[spec.key]))
-    order = {s.key: i for i, s in enumerate(composition.subjects)}
-    entries.sort(key=lambda e: order[e.key])
-    return Resolution(content_hash(composition), base, tuple(entries), composition.sampler, software_versions())
+                entries[spec.key] = _entry(spec, record, ())
+                _check_word(spec, record.word, record.token_ids, tokenizer)
+    positions = check_words(composition, tokenizer)
+    subjects = tuple(replace(entries[s.key], positions=positions[s.key]) for s in composition.subjects)
+    return Resolution(content_hash(composition), base, subjects, composition.sampler, software_versions())
 
 
 def _admits(spec: SubjectSpec, pin: ResolvedSubject) -> bool:
