@@ -360,3 +360,21 @@ def test_import_reference_refuses_a_subject_list_disagreement(tmp_path, demo_tex
             text="'dog' is at token 4 in the config, but cones2 finds it at [5]")
     assert not (tmp_path / "comps").exists()
     assert json.loads(ok("list", "--json")) in ([], {"subjects": []})
+
+
+# ---------------------------------------------------------------------------- generate --save
+
+
+def test_generate_save_writes_the_composition_it_rendered(tmp_path, dog_max):
+    out = tmp_path / "g.png"
+    data = json.loads(ok("generate", PROMPT, "--subject", "dog=dog-max", "--box", "dog=0.05,0.3,0.5,0.95",
+                         "--steps", "2", "--seed", "4", "--num-images", "2", "-o", out,
+                         "--save", tmp_path / "mine.cones2.toml", "--json"))
+    assert data["images"] == [str(tmp_path / "g-0.png"), str(tmp_path / "g-1.png")]
+    comp = Composition.load(tmp_path / "mine.cones2.toml")
+    assert comp.seeds == (4, 5) and comp.sampler.steps == 2 and comp.name == "mine"
+    assert comp.subjects == (SubjectSpec("dog", ref="dog-max"),)
+    assert Composition.from_png(tmp_path / "g-1.png") == comp
+    # the saved file renders the same images
+    ok("render", tmp_path / "mine.cones2.toml", "-o", tmp_path / "again")
+    assert np.array_equal(pixels(tmp_path / "again" / "mine-5.png"), pixels(tmp_path / "g-1.png"))
