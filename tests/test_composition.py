@@ -378,3 +378,42 @@ def test_generate_save_writes_the_composition_it_rendered(tmp_path, dog_max):
     # the saved file renders the same images
     ok("render", tmp_path / "mine.cones2.toml", "-o", tmp_path / "again")
     assert np.array_equal(pixels(tmp_path / "again" / "mine-5.png"), pixels(tmp_path / "g-1.png"))
+
+
+# ---------------------------------------------------------------------------- pinned subjects from a remote
+
+
+def test_render_pulls_a_missing_pinned_subject_from_its_remote(hub_server, monkeypatch, tmp_path, fp):
+    import uuid
+
+    from cones2.registry import open_catalogue
+    from cones2.registry.hub import add_remote, pull, push
+
+    monkeypatch.setenv("HF_TOKEN", "dummy")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    namespace = f"team-{uuid.uuid4().hex[:8]}"
+
+    def home(name: str) -> None:
+        monkeypatch.setenv("CONES2_HOME", str(tmp_path / name))
+        add_remote("team", namespace, hub_server.endpoint, default=True)
+
+    home("a")
+    rng = np.random.default_rng(0)
+    from cones2.residual_file import make_residual
+
+    with open_catalogue() as cat:
+        cat.add(make_residual(rng.standard_normal((1, 32)).astype("float32"), "dog", [643], fp), "dog-max")
+    push("dog-max")
+    home("b")  # a team mate pulls it, locks and renders
+    pull("dog-max@1")
+    path = composition(seeds=(1,)).save(tmp_path / "beach.cones2.toml")
+    ok("render", path, "-o", tmp_path / "b-out")
+    lock = read_lock(str(path) + ".lock")
+    assert lock.subjects[0].source == "remote" and lock.subjects[0].repo == f"{namespace}/dog-max"
+    assert lock.subjects[0].commit
+    home("c")  # a fresh machine with only the composition and its lock
+    ok("render", "--locked", path, "-o", tmp_path / "c-out")
+    assert (tmp_path / "c-out" / "beach-1.png").read_bytes() == (tmp_path / "b-out" / "beach-1.png").read_bytes()
+    with open_catalogue() as cat:
+        assert cat.resolve("dog-max@1").sha256 == lock.subjects[0].sha256

@@ -146,6 +146,10 @@ def locked_resolution(composition: Composition, path: str | os.PathLike[str] | N
         return resolve(composition), "unlocked"
     lp = lock_path(path)
     if locked:
+        if lp.is_file():
+            from .resolve import load_residuals
+
+            load_residuals(read_lock(lp))  # pinned versions missing here are pulled from their remote first
         lock, moved = check_lock(composition, path)
         if moved:
             raise LockError(f"{lp} is stale ({'; '.join(moved)}); run `cones2 lock {path}` (without --locked)")
