@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import UsageError
 from ..sampler.generate import build_layout
-from ..sampler.presets import SCHEDULER_NAMES
+from ..sampler.presets import (
+    COLOUR_MATCHES,
+    GUIDANCE_SIGMAS,
+    LAYOUT_RESIZES,
+    OCCURRENCE_RULES,
+    PRESET_NAMES,
+    SCHEDULER_NAMES,
+)
 from ._output import emit, json_option
 
 
@@ -20,21 +25,27 @@ from ._output import emit, json_option
 @click.option("--mask", "masks", multiple=True, metavar="WORD=PATH", help="Binary mask image for WORD (white = inside). Repeatable.")
 @click.option("--layout-image", type=click.Path(dir_okay=False), default=None, help="Colour-coded layout image.")
 @click.option("--colour", "--color", "colours", multiple=True, metavar="R,G,B=WORD[:WEIGHT]", help="Colour of WORD in --layout-image. Repeatable.")
-@click.option("--tolerance", type=float, default=None, help="Colour matching distance (RGB, default 60).")
+@click.option("--tolerance", type=float, default=None, help="Colour matching distance (RGB, default 60); implies --colour-match nearest.")
 @click.option("--weight", "weights", multiple=True, metavar="WORD=IN[,OUT]", help="Inside (and outside) weight of WORD's region (default 2.5, -1e8).")
 @click.option("--overlap", type=click.Choice(["share", "last", "error"]), default="share", show_default=True, help="What a pixel in several regions means.")
 @click.option("--model", default=None, help="Base model folder or Hub id (default: configured, else the demo model).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image (image i has seed SEED+i).")
-@click.option("--steps", type=int, default=None, help="Sampling steps (default 50).")
-@click.option("--cfg", "guidance_scale", type=float, default=None, help="Classifier-free guidance scale (default 7.5).")
-@click.option("--guidance-weight", type=float, default=None, help="Layout guidance weight eta (default 0.08).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image k uses seed + k.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="reference", show_default=True,
+              help="Sampler settings: reference (what the Cones-V2 code renders) or cones2 (its refinements). The options below override single settings.")
+@click.option("--steps", type=int, default=None, help="Sampling steps (preset: 50).")
+@click.option("--cfg", "guidance_scale", type=float, default=None, help="Classifier-free guidance scale (preset: 7.5).")
+@click.option("--guidance-weight", type=float, default=None, help="Layout guidance weight eta (preset: 0.08).")
 @click.option("--guidance-steps", type=int, default=None, help="Guided steps (default: all).")
-@click.option("--self-recurrence/--no-self-recurrence", default=None, help="Self-recurrence during guided steps (default on).")
+@click.option("--self-recurrence/--no-self-recurrence", default=None, help="Self-recurrence on guided steps (preset: on).")
+@click.option("--guidance-sigma", type=click.Choice(GUIDANCE_SIGMAS), default=None, help="Bias sigma: from a guidance-steps-long schedule (reference) or the current step (cones2).")
+@click.option("--layout-resize", type=click.Choice(LAYOUT_RESIZES), default=None, help="Weight map resizing: bilinear (reference) or area (cones2).")
+@click.option("--colour-match", "--color-match", "colour_match", type=click.Choice(COLOUR_MATCHES), default=None, help="Layout colours: exact (reference) or nearest within --tolerance (cones2).")
+@click.option("--occurrences", type=click.Choice(OCCURRENCE_RULES), default=None, help="A word's layout weight on every occurrence (reference) or the named one (cones2).")
 @click.option("--negative-prompt", default=None)
 @click.option("--height", type=int, default=None)
 @click.option("--width", type=int, default=None)
 @click.option("--num-images", type=int, default=1, show_default=True)
-@click.option("--scheduler", type=click.Choice(list(SCHEDULER_NAMES)), default=None, help="Scheduler (default: the model's own).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default=None, help="reference (LMS order 1 on linspace timesteps), default (the model's), or a family (preset decides).")
 @click.option("--device", default=None, help="cpu, cuda, mps (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float16 on GPU, float32 on CPU.")
 @click.option("-o", "--output", default="cones2.png", show_default=True, type=click.Path(dir_okay=False), help="Output PNG (numbered when --num-images > 1).")
@@ -43,8 +54,9 @@ from ._output import emit, json_option
 @json_option
 def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pixels: bool, masks: tuple[str, ...],
              layout_image: str | None, colours: tuple[str, ...], tolerance: float | None, weights: tuple[str, ...],
-             overlap: str, model: str | None, seed: int, steps: int | None, guidance_scale: float | None,
+             overlap: str, model: str | None, seed: int, preset: str, steps: int | None, guidance_scale: float | None,
              guidance_weight: float | None, guidance_steps: int | None, self_recurrence: bool | None,
+             guidance_sigma: str | None, layout_resize: str | None, colour_match: str | None, occurrences: str | None,
              negative_prompt: str | None, height: int | None, width: int | None, num_images: int, scheduler: str | None,
              device: str | None, dtype: str | None, output: str, attention_dir: str | None, save: str | None,
              as_json: bool) -> None:
@@ -56,15 +68,19 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
 
     if (steps is not None and steps < 1) or num_images < 1:
         raise UsageError("--steps and --num-images must be at least 1")
+    if tolerance is not None and colour_match is None:
+        colour_match = "nearest"
     settings = resolve_settings(
-        "cones2", steps=steps, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
-        guidance_steps=guidance_steps, self_recurrence=self_recurrence, scheduler=scheduler, colour_tolerance=tolerance,
+        preset, steps=steps, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
+        guidance_steps=guidance_steps, self_recurrence=self_recurrence, scheduler=scheduler,
+        guidance_sigma=guidance_sigma, layout_resize=layout_resize, colour_match=colour_match,
+        colour_tolerance=tolerance, occurrences=occurrences,
     )
     layout = layout_spec(boxes, masks, layout_image, colours, weights, pixels, overlap)
     comp = composition_from_options(
         prompt, subjects=subjects, layout=layout, settings=settings, model=model, seed=seed, num_images=num_images,
         negative_prompt=negative_prompt, height=height, width=width, dtype=dtype,
-        name=stem_of(save) if save else Path(output).stem or "composition",
+        name=stem_of(save) if save else "generate",
     )
     result = run(comp, output=output, device=device, attention_dir=attention_dir, save=save)
 

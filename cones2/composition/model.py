@@ -226,9 +226,10 @@ class LayoutSpec:
             parts.append(Layout.from_masks(dict(self.masks), overlap=self.overlap))
         if self.image:
             colour_map: dict[str, Any] = {c: (w if weight is None else (w, weight)) for c, w, weight in self.colours}
-            if tolerance is None:
-                tolerance = 0.0 if settings.colour_match == "exact" else settings.colour_tolerance
-            parts.append(Layout.from_colour_image(self.image, colour_map, tolerance=tolerance))
+            colour = Layout.from_colour_image(self.image, colour_map, tolerance=tolerance)
+            # matched by the sampler's rule now (the pipeline would do the same), so that
+            # combining with boxes or masks keeps the regions the settings ask for
+            parts.append(colour.matched(settings.colour_match, settings.colour_tolerance))
         if not parts:
             return None
         layout = parts[0] if len(parts) == 1 else Layout.combine(parts, overlap=self.overlap)

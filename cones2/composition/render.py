@@ -14,7 +14,6 @@ pipeline's ``__call__`` takes.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +26,6 @@ from .model import Composition, png_record
 from .resolve import Resolution, check_base, load_residuals
 
 CONTACT_SHEET = "contact-sheet.png"
-_SCHEDULER_CLASSES = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class RenderOptions:
 
     output_dir: Path = Path(".")
     device: str | None = None
-    batch_size: int | None = None  # None: 1 on a CPU (bit-identical to single renders), 4 on a GPU
+    batch_size: int | None = None  # seeds per pipeline call; None: 4
     num_processes: int = 1
     contact_sheet: bool = True
     attention_dir: Path | None = None
@@ -107,38 +99,10 @@ class RenderResult:
 # ---------------------------------------------------------------------- the adapter
 
 
-def _accepts_settings(pipe: Any) -> bool:
-    return "settings" in inspect.signature(type(pipe).__call__).parameters
-
-
-def sampler_arguments(pipe: Any, settings: SamplerSettings) -> dict[str, Any]:
-    """Keyword arguments of ``pipe(...)`` for ``settings``.
-
-    A pipeline that takes ``settings=`` gets them whole. Otherwise the scheduler is set
-    here and the five settings the older pipeline knows are passed one by one
-    (``reference`` becomes Euler on linspace timesteps -- LMS stepped with order 1).
-    """
-    if _accepts_settings(pipe):
-        return {"settings": settings}
-    import diffusers
-
-    base = getattr(pipe, "_cones2_scheduler_config", None)
-    if base is None:
-        base = pipe._cones2_scheduler_config = dict(pipe.scheduler.config)
-        pipe._cones2_scheduler_class = type(pipe.scheduler)
-    if settings.scheduler == "default":
-        pipe.scheduler = pipe._cones2_scheduler_class.from_config(base)
-    elif settings.scheduler == "reference":
-        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(base, timestep_spacing="linspace")
-    else:
-        pipe.scheduler = getattr(diffusers, _SCHEDULER_CLASSES[settings.scheduler]).from_config(base)
-    return {
-        "num_inference_steps": settings.steps,
-        "guidance_scale": settings.guidance_scale,
-        "guidance_weight": settings.guidance_weight,
-        "guidance_steps": settings.guidance_steps,
-        "self_recurrence": settings.self_recurrence,
-    }
+def sampler_arguments(settings: SamplerSettings) -> dict[str, Any]:
+    """Keyword arguments of ``Cones2Pipeline.__call__`` for ``settings``: the one place that maps
+    a composition's sampler section onto the pipeline (which takes them whole, scheduler included)."""
+    return {"settings": settings}
 
 
 # ---------------------------------------------------------------------- models
@@ -269,7 +233,7 @@ def _render_here(jobs: Sequence[RenderJob], work: Sequence[tuple[int, int]], opt
     wanted: dict[int, list[int]] = {}
     for j, k in work:
         wanted.setdefault(j, []).append(k)
-    batch_size = options.batch_size or (4 if device.type == "cuda" else 1)
+    batch_size = options.batch_size or 4
     total = len(work)
     done = 0
     images: list[RenderedImage] = []
@@ -293,7 +257,7 @@ def _render_here(jobs: Sequence[RenderJob], work: Sequence[tuple[int, int]], opt
             out = pipe(
                 comp.prompt, residuals, layout, negative_prompt=comp.negative_prompt, generator=generators,
                 num_images_per_prompt=len(seeds), height=height, width=width,
-                return_attention_maps=options.attention_dir is not None, **sampler_arguments(pipe, comp.sampler),
+                return_attention_maps=options.attention_dir is not None, **sampler_arguments(comp.sampler),
             )
             for image, k, seed in zip(out.images, chunk, seeds, strict=True):
                 path = job.output_for(k, seed, Path(options.output_dir))
@@ -339,9 +303,10 @@ def _run_record(comp: Composition, resolution: Resolution, out_info: dict[str, A
         "subjects": subjects,
         "layout": out_info.get("layout"),
         "settings": {
-            "preset": s.preset, "steps": s.steps, "guidance_scale": s.guidance_scale,
-            "guidance_weight": s.guidance_weight, "guidance_steps": out_info.get("guided_steps"),
-            "self_recurrence": s.self_recurrence, "scheduler": type(pipe.scheduler).__name__,
+            **s.to_dict(),  # the preset and every setting it implied
+            "overridden": sorted(s.differences()),
+            "guided_steps": out_info.get("guided_steps"),
+            "scheduler_class": out_info.get("scheduler", type(pipe.scheduler).__name__),
             "height": height, "width": width, "dtype": dtype, "device": device,
             "overlap": comp.layout.overlap if comp.layout else "share",
         },

@@ -107,7 +107,7 @@ def composition_from_options(
     height: int | None = None,
     width: int | None = None,
     dtype: str | None = None,
-    name: str = "composition",
+    name: str = "generate",
 ) -> Any:
     """The composition of a ``generate`` command line: images ``seed .. seed + num_images - 1``."""
     from ..composition.model import Composition, SubjectSpec
@@ -123,7 +123,7 @@ def composition_from_options(
         path = Path(ref).expanduser()
         specs.append(SubjectSpec(word, file=str(path.resolve())) if path.is_file() else SubjectSpec(word, ref=ref))
     return Composition(
-        prompt=prompt, subjects=tuple(specs), layout=layout, sampler=settings or PRESETS["cones2"],
+        prompt=prompt, subjects=tuple(specs), layout=layout, sampler=settings or PRESETS["reference"],
         negative_prompt=negative_prompt, base_model=model, seeds=tuple(range(seed, seed + num_images)),
         height=height, width=width, dtype=dtype, name=name,
     )
