@@ -113,3 +113,13 @@ class TrainingInterrupted(TrainingError):
     """Training stopped by the user (Ctrl-C); a resumable checkpoint was written."""
 
     exit_code = 130
+
+
+class CompositionError(UsageError, ValueError):
+    """A composition (TOML file, PNG record, options) that is malformed; names the field."""
+
+
+class LockError(Cones2Error):
+    """A lockfile that is stale, incomplete or does not match what it pins (``--locked``, ``--check``)."""
+
+    exit_code = 14
