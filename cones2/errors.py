@@ -73,6 +73,12 @@ class NotFoundError(RegistryError):
     exit_code = 8
 
 
+class ResidualNotFoundError(NotFoundError, InvalidResidualError):
+    """A residual file path that does not exist: "not found" (exit 8), like an unknown ref."""
+
+    exit_code = 8
+
+
 class ConflictError(RegistryError):
     """An operation that would change something declared immutable."""
 
@@ -107,3 +113,13 @@ class TrainingInterrupted(TrainingError):
     """Training stopped by the user (Ctrl-C); a resumable checkpoint was written."""
 
     exit_code = 130
+
+
+class CompositionError(UsageError, ValueError):
+    """A composition (TOML file, PNG record, options) that is malformed; names the field."""
+
+
+class LockError(Cones2Error):
+    """A lockfile that is stale, incomplete or does not match what it pins (``--locked``, ``--check``)."""
+
+    exit_code = 14
