@@ -17,14 +17,27 @@ class CatalogueMaintenance(CatalogueWrites):
     def _referenced(self) -> set[str]:
         return {r[0] for r in self.db.query("SELECT DISTINCT sha256 FROM versions")}
 
-    def gc(self, dry_run: bool = False, *, temp_grace_s: float = 3600.0) -> dict[str, Any]:
-        """Delete blobs no version points to (and stale temp files of interrupted writes)."""
+    def gc(self, dry_run: bool = False, *, temp_grace_s: float = 3600.0, force: bool = False) -> dict[str, Any]:
+        """Delete blobs no version points to (and stale temp files of interrupted writes).
+
+        A catalogue without a single version next to stored blobs looks emptied rather than
+        cleaned up: then gc only reports (``refused`` says why) unless ``force``.
+        """
         removed: list[str] = []
         freed = 0
+        refused = None
+        if not dry_run and not force and not self._referenced() and any(True for _ in self.store.iter_digests()):
+            dry_run = True
+            refused = (
+                f"the catalogue has no versions but {self.store.objects} holds blobs: nothing deleted "
+                "(was the catalogue emptied? see `cones2 doctor`); pass --force to delete them all"
+            )
 
         def sweep() -> None:
             nonlocal freed
             referenced = self._referenced()
+            if not dry_run and not force and not referenced and any(True for _ in self.store.iter_digests()):
+                raise RegistryError("gc: the catalogue has no versions any more; nothing deleted (pass --force)")
             for digest in sorted(self.store.iter_digests()):
                 if digest in referenced:
                     continue
@@ -45,7 +58,10 @@ class CatalogueMaintenance(CatalogueWrites):
                         tmp.unlink(missing_ok=True)
             except OSError as exc:
                 raise RegistryError(f"gc cannot delete from {self.store.root}: {exc.strerror or exc}") from None
-        return {"dry_run": dry_run, "removed": removed, "bytes": freed, "temp_files": len(temps)}
+        out: dict[str, Any] = {"dry_run": dry_run, "removed": removed, "bytes": freed, "temp_files": len(temps)}
+        if refused:
+            out["refused"] = refused
+        return out
 
     def verify(self) -> dict[str, Any]:
         """Rehash every blob; report missing and corrupt ones with the versions they hold."""
