@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,175 @@ def test_gc_refuses_to_empty_the_store_when_no_versions_exist(tmp_path: Path, fp
     code, out, _ = run("gc", "--force")
     assert code == 0 and "Deleted 1 blob(s)" in out
     assert list((cones2_home / "blobs" / "sha256").iterdir()) == []
+
+
+# ---------------------------------------------------------------- 4, 5. bounded parsers
+
+
+def _safetensors(header: bytes, body: bytes = b"") -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(header)) + header + body
+
+
+DEEP = ("[" * 100000 + "]" * 100000)
+
+
+def test_deep_json_everywhere_is_one_error(tmp_path: Path, fp: str) -> None:
+    import struct
+
+    from cones2.errors import InvalidResidualError, RemoteError
+    from cones2.registry.hub.manifest import parse_manifest
+    from cones2.residual_file import parse_residual
+
+    with pytest.raises(InvalidResidualError, match="nested deeper"):
+        parse_residual(_safetensors(DEEP.encode()), "x")
+    good = residual_file(tmp_path / "g.safetensors", fp).read_bytes()
+    (n,) = struct.unpack("<Q", good[:8])
+    for key in ("meta", "token_ids"):
+        header = json.loads(good[8 : 8 + n])
+        header["__metadata__"][key] = DEEP
+        with pytest.raises(InvalidResidualError, match="malformed metadata"):
+            parse_residual(_safetensors(json.dumps(header).encode(), good[8 + n :]), "x")
+    with pytest.raises(RemoteError, match="nested deeper"):
+        parse_manifest(DEEP.encode(), "hub")
+    bad = tmp_path / "deep.safetensors"
+    bad.write_bytes(_safetensors(DEEP.encode()))
+    code, _, err = run("add", bad, "--name", "deep")
+    assert code == 3 and "nested deeper" in one_error(err)
+
+
+def test_huge_declared_tensor_and_huge_file_are_refused_without_reading(tmp_path: Path, fp: str) -> None:
+    import resource
+    import struct
+
+    good = residual_file(tmp_path / "g.safetensors", fp).read_bytes()
+    (n,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8 : 8 + n])
+    header["residual"]["shape"] = [1, 536870912]
+    header["residual"]["data_offsets"] = [0, 4 * 536870912]
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes(_safetensors(json.dumps(header).encode()))
+    os.truncate(huge, 2 << 30)  # sparse: no disk, no memory
+    zeros = tmp_path / "zeros.safetensors"
+    zeros.touch()
+    os.truncate(zeros, 2 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for path in (huge, zeros):
+        start = time.monotonic()
+        code, _, err = run("add", path, "--name", "huge")
+        assert code == 3 and "not read" in one_error(err)
+        assert time.monotonic() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing read whole
+    from cones2.errors import InvalidResidualError
+    from cones2.residual_file import parse_residual
+
+    with pytest.raises(InvalidResidualError, match="larger than a residual can be"):
+        parse_residual(_safetensors(json.dumps(header).encode()), "declared")
+
+
+# ---------------------------------------------------------------- 7. legacy .pt
+
+
+def test_pt_accepts_parameters_and_refuses_sparse_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    param = tmp_path / "param.pt"
+    torch.save(torch.nn.Parameter(torch.randn(32)), param)
+    code, out, err = run("add", param, "--name", "dog-param", "--word", "dog")
+    assert code == 0, err
+    sparse = tmp_path / "sparse.pt"
+    torch.save(torch.randn(1, 32).to_sparse(), sparse)
+    code, _, err = run("add", sparse, "--name", "dog-sparse", "--word", "dog")
+    assert code == 3 and "dense tensor" in one_error(err)
+
+
+# ---------------------------------------------------------------- 8. versions
+
+
+def test_version_overflow_is_refused_before_anything_commits(tmp_path: Path, fp: str) -> None:
+    from cones2.registry.refs import MAX_VERSION
+
+    assert run("add", residual_file(tmp_path / "a.safetensors", fp), "--name", "dog", "--version", MAX_VERSION)[0] == 0
+    code, _, err = run("add", residual_file(tmp_path / "b.safetensors", fp, seed=1), "--name", "dog")
+    assert code == 2 and "highest version number" in one_error(err)
+    code, out, _ = run("list", "--json")
+    assert json.loads(out)[0]["versions"] == 1
+
+
+# ---------------------------------------------------------------- 9, 10. layouts
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (the pixel data is never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("size", [(40000, 40000), (9000, 9000)])
+def test_huge_layout_images_are_refused_in_one_line(tmp_path: Path, size: tuple[int, int]) -> None:
+    from cones2.errors import LayoutError
+    from cones2.sampler.layout import Layout
+
+    png = _png_header_only(tmp_path / "big.png", *size)
+    with pytest.raises(LayoutError, match="scale it down"):
+        Layout.from_colour_image(png, {"255,0,0": "dog"})
+    with pytest.raises(LayoutError, match="scale it down"):
+        Layout.from_masks({"dog": png})
+
+
+def test_one_colour_for_two_words_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = tmp_path / "layout.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(img)
+    code, _, err = run("generate", "a dog and a mug", "--layout-image", img, "--colour", "255,0,0=dog",
+                       "--colour", "#ff0000=mug", "--output", tmp_path / "out")
+    assert code == 6 and "already given for 'dog'" in one_error(err)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- 11. smaller ones
+
+
+@pytest.mark.parametrize("name", ["dog.", "dog-", "a--b", "ns/dog-"])
+def test_names_the_hub_would_refuse_are_refused_at_add(tmp_path: Path, fp: str, name: str) -> None:
+    code, _, err = run("add", residual_file(tmp_path / "a.safetensors", fp), "--name", name)
+    assert code == 2 and "could not be pushed" in one_error(err)
+
+
+def test_search_for_punctuation_only_is_refused(tmp_path: Path, fp: str) -> None:
+    assert run("add", residual_file(tmp_path / "a.safetensors", fp, meta={"k": "v"}), "--name", "dog")[0] == 0
+    code, _, err = run("search", '"')
+    assert code == 2 and "would match everything" in one_error(err)
+    code, out, _ = run("search", "dog", "--json")
+    assert [s["name"] for s in json.loads(out)] == ["dog"]
+
+
+def test_meta_with_stored_content_is_reported_as_ignored(tmp_path: Path, fp: str) -> None:
+    src = residual_file(tmp_path / "a.safetensors", fp)
+    assert run("add", src, "--name", "dog")[0] == 0
+    code, out, _ = run("add", src, "--name", "dog", "--meta", "owner=ann")
+    assert code == 0 and "--meta ignored" in out
+    code, out, _ = run("add", src, "--name", "dog", "--meta", "owner=ann", "--json")
+    data = json.loads(out)
+    assert data["created"] is False and data["ignored"] == ["meta"] and data["metadata"] == {}
+
+
+def test_concurrent_adds_of_the_same_content_report_one_creation(tmp_path: Path, fp: str) -> None:
+    import subprocess
+    import sys
+
+    src = residual_file(tmp_path / "a.safetensors", fp)
+    cmd = [str(Path(sys.executable).parent / "cones2"), "add", str(src), "--name", "dog", "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    assert sum(json.loads(out)["created"] for out, _ in results) == 1

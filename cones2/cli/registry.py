@@ -57,21 +57,11 @@ def add(file: str, name: str, word: str | None, base: str | None, description: s
     """Add a residual FILE (cones2 residual or legacy .pt) as the next version of NAME."""
     metadata = _parse_meta(meta)
     with _catalogue() as cat:
-        before = _versions(cat, name)
         rec = cat.add(file, name, word=word, base=base, description=description, metadata=metadata, version=version)
-    created = rec.version not in before
-    data = {**rec.to_dict(), "created": created}
-    emit(data, as_json, lambda: click.echo(("Added " if created else "Already stored: ") + _version_line(rec)))
-
-
-def _versions(cat: Any, name: str) -> set[int]:
-    """The version numbers subject ``name`` has (none when it does not exist yet)."""
-    from ..errors import NotFoundError
-
-    try:
-        return {v.version for v in cat.list_versions(name)}
-    except NotFoundError:
-        return set()
+        created, ignored = cat.last_created, list(cat.last_ignored)
+    data = {**rec.to_dict(), "created": created, "ignored": ignored}
+    note = "  (--meta ignored: this content is already stored and versions are immutable)" if "meta" in ignored else ""
+    emit(data, as_json, lambda: click.echo(("Added " if created else "Already stored: ") + _version_line(rec) + note))
 
 
 def _summary_lines(subjects: list[Any]) -> None:

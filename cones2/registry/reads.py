@@ -177,6 +177,8 @@ class CatalogueReads:
         needle = (text or "").strip().lower()
         if not needle:
             raise UsageError("search text is empty")
+        if not any(c.isalnum() for c in needle):
+            raise UsageError(f"search text {text!r} has no letter or digit: it would match everything")
         return self._summaries(
             "WHERE s.search_text LIKE :p ESCAPE '\\'", {"p": f"%{_like_escape(needle)}%"}, limit=limit
         )

@@ -15,7 +15,7 @@ from ..errors import (
     NotFoundError,
     UsageError,
 )
-from .names import validate_name, validate_tag
+from .names import validate_name, validate_pushable_name, validate_tag
 from .reads import CatalogueReads
 from .records import VersionRecord, _normalise_provenance, _record, _search_text
 from .refs import MAX_VERSION, Ref, parse_ref
@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 
 
 class CatalogueWrites(CatalogueReads):
-    """Adds, tags and removals on top of the reads."""
+    """Adds, tags and removals on top of the reads.
+
+    After an add, ``last_created`` says whether that call created the version (False:
+    the same content was already stored, possibly by a concurrent add) and
+    ``last_ignored`` lists what was given but not applied to an existing version
+    (``"meta"``: versions are immutable).
+    """
+
+    last_created: bool = False
+    last_ignored: list[str] = []  # noqa: RUF012 - replaced per add, never mutated in place
 
     # ------------------------------------------------------------------ add
 
@@ -55,6 +64,7 @@ class CatalogueWrites(CatalogueReads):
         from ..residual_file import ResidualFile, parse_residual, read_residual_bytes
 
         validate_name(name)
+        validate_pushable_name(name)
         info = self._base_info(base) if (check_base or base is not None) else None
         if isinstance(path_or_residual, ResidualFile):
             residual, source = path_or_residual, name
@@ -190,12 +200,22 @@ class CatalogueWrites(CatalogueReads):
                         f"{name}@{version} already exists with other content (sha256:{existing.sha256[:12]}); "
                         "versions are immutable: add it as a new version"
                     )
+            self.last_created = existing is None
+            self.last_ignored = []
             if existing is not None:
                 number = existing.version
+                if metadata and any(existing_meta.get(k) != v for k, v in dict(metadata).items()
+                                    for existing_meta in [json.loads(existing.metadata_json or "{}")]):
+                    self.last_ignored.append("meta")
                 if description is not None:
                     subject.search_text = self._subject_search_text(session, subject)
             else:
                 number = version if version is not None else subject.last_version + 1
+                if number > MAX_VERSION:
+                    raise UsageError(
+                        f"{name} has used the highest version number ({MAX_VERSION}); nothing stored: "
+                        "add it under another name or with an explicit free --version"
+                    )
                 subject.last_version = max(subject.last_version or 0, number)
                 if session.get(BaseModel, residual.base_fingerprint) is None:
                     session.add(BaseModel(fingerprint=residual.base_fingerprint, hidden_size=residual.hidden_size, first_seen=utcnow()))

@@ -46,7 +46,8 @@ def build_layout(
     tolerance: float | None = None,
 ) -> Any:
     """A :class:`~cones2.sampler.Layout` from CLI-style options, or None when none is given."""
-    from ..sampler.layout import DEFAULT_COLOUR_TOLERANCE, Layout, parse_box
+    from ..errors import LayoutError
+    from ..sampler.layout import DEFAULT_COLOUR_TOLERANCE, Layout, parse_box, parse_colour
 
     weight_map: dict[str, tuple[float, float] | float] = {}
     for word, text in _pairs(weights, "--weight"):
@@ -71,8 +72,13 @@ def build_layout(
         if not (layout_image and colours):
             raise UsageError("--layout-image and --colour go together (R,G,B=WORD[:WEIGHT] for each colour)")
         colour_map: dict[str, Any] = {}
+        seen: dict[tuple[int, int, int], str] = {}
         for colour, target in _pairs(colours, "--colour"):
             word, _, weight = target.partition(":")
+            rgb = parse_colour(colour)
+            if rgb in seen:  # a pixel has one colour: the second word would silently get no region
+                raise LayoutError(f"--colour {colour}={target}: colour {rgb} is already given for {seen[rgb]!r}; use one colour per word")
+            seen[rgb] = word
             try:
                 colour_map[colour] = (word, float(weight)) if weight else word
             except ValueError:
