@@ -77,6 +77,12 @@ class NotFoundError(RegistryError):
     exit_code = 8
 
 
+class ResidualNotFoundError(NotFoundError, InvalidResidualError):
+    """A residual file path that does not exist: "not found" (exit 8), like an unknown ref."""
+
+    exit_code = 8
+
+
 class ConflictError(RegistryError):
     """An operation that would change something declared immutable."""
 
@@ -99,3 +105,15 @@ class RemoteError(Cones2Error):
     """Hub sync failures: unreachable remote, bad manifest, refused push."""
 
     exit_code = 12
+
+
+class TrainingError(Cones2Error):
+    """Training that cannot start or go on: unusable images, settings, a failed run."""
+
+    exit_code = 13
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by the user (Ctrl-C); a resumable checkpoint was written."""
+
+    exit_code = 130
