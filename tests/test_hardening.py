@@ -294,3 +294,27 @@ def test_concurrent_adds_of_the_same_content_report_one_creation(tmp_path: Path,
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
     assert sum(json.loads(out)["created"] for out, _ in results) == 1
+
+
+# ---------------------------------------------------------------- 6. token ids
+
+
+def test_token_ids_must_spell_the_word_at_add(tmp_path: Path, fp: str) -> None:
+    code, _, err = run("add", residual_file(tmp_path / "a.safetensors", fp, ids=(644,)), "--name", "dog")
+    assert code == 3 and "spell" in one_error(err) and "not the word 'dog'" in err
+    code, _, err = run("add", residual_file(tmp_path / "b.safetensors", fp, word="teapot", ids=(83, 68, 64, 79, 78, 339)), "--name", "pot")
+    assert code == 0, err
+
+
+def test_token_ids_are_checked_at_pull(demo_model_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from cones2.base_model import model_info
+    from cones2.errors import InvalidResidualError
+    from cones2.registry.hub.pull import _check_base
+
+    info = model_info(str(demo_model_dir))
+    manifest = SimpleNamespace(base_fingerprint=info.fingerprint, base_model=None, word="dog", token_ids=(644,))
+    with pytest.raises(InvalidResidualError, match="spell"):
+        _check_base(manifest, "hub", info)
+    _check_base(SimpleNamespace(**{**vars(manifest), "token_ids": (643,)}), "hub", info)

@@ -143,6 +143,9 @@ class CatalogueWrites(CatalogueReads):
                 f"({self._models_text(residual.base_fingerprint)}), not on {info.fingerprint[:12]} ({info.source}); "
                 "pass --base with the model it was made for"
             )
+        from ..tokencheck import check_word_ids
+
+        check_word_ids(info.path, residual.word, residual.token_ids, source, info.source)
 
     def _add(
         self,

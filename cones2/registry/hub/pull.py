@@ -101,6 +101,9 @@ def _check_base(manifest: Manifest, source: str, info: Any) -> None:
             f"{source}: made for base model {manifest.base_fingerprint[:12]}{made_for}, not for the local base model "
             f"{info.fingerprint[:12]} ({info.source}); refused, nothing stored (set CONES2_BASE_MODEL to the model it was made for)"
         )
+    from ...tokencheck import check_word_ids
+
+    check_word_ids(info.path, manifest.word, manifest.token_ids, source, info.source)
 
 
 def _local(cat: Any, name: str, version: int) -> Any | None:
