@@ -207,9 +207,9 @@ class CatalogueWrites(CatalogueReads):
             self.last_ignored = []
             if existing is not None:
                 number = existing.version
-                if metadata and any(existing_meta.get(k) != v for k, v in dict(metadata).items()
-                                    for existing_meta in [json.loads(existing.metadata_json or "{}")]):
-                    self.last_ignored.append("meta")
+                stored_meta = json.loads(existing.metadata_json or "{}")
+                if any(stored_meta.get(key) != value for key, value in dict(metadata or {}).items()):
+                    self.last_ignored.append("meta")  # versions are immutable: said, not silently dropped
                 if description is not None:
                     subject.search_text = self._subject_search_text(session, subject)
             else:
