@@ -67,6 +67,10 @@ class InvalidNameError(RegistryError):
     exit_code = 2
 
 
+class CatalogueDamagedError(RegistryError):
+    """A catalogue that is empty, missing or unreadable while the blob store holds content."""
+
+
 class NotFoundError(RegistryError):
     """An unknown subject, version, tag or remote."""
 

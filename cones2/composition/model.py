@@ -196,6 +196,19 @@ class LayoutSpec:
                 raise _fail(f"layout.{what}", "a word has more than one entry")
         if self.weights and not self.regions_words:
             raise _fail("layout.weights", "weights need a layout (boxes, masks or an image)")
+        self._refuse_shared_colours()
+
+    def _refuse_shared_colours(self) -> None:
+        """One colour given for two words would silently leave one of them without a region."""
+        from ..errors import LayoutError
+        from ..sampler.layout import parse_colour
+
+        seen: dict[tuple[int, int, int], str] = {}
+        for colour, word, _ in self.colours:
+            rgb = parse_colour(colour)
+            if rgb in seen and seen[rgb] != word:
+                raise LayoutError(f"layout.colours: colour {colour} is already given for {seen[rgb]!r}; use one colour per word")
+            seen[rgb] = word
 
     @property
     def regions_words(self) -> list[str]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +149,9 @@ def _area_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return (rows @ array.astype(np.float64) @ cols.T).astype(np.float32)
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192  # below PIL's decompression-bomb limits, far above any layout
+
+
 def _load_image(image: Any, what: str) -> np.ndarray:
     """An image (path, PIL image or array) as an array; RGB(A) kept, no resizing."""
     if isinstance(image, (str, os.PathLike)):
@@ -155,11 +159,21 @@ def _load_image(image: Any, what: str) -> np.ndarray:
 
         path = Path(image)
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bound below says it in one line
+                opened = Image.open(path)
+            with opened as img:  # reads the header only: the size is known before decoding
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise LayoutError(
+                        f"{what} {path}: {img.width}x{img.height} pixels is more than a layout needs "
+                        f"(at most {MAX_IMAGE_PIXELS} pixels); scale it down"
+                    )
                 img.load()
                 image = img.copy()
         except FileNotFoundError:
             raise LayoutError(f"{what} {path}: no such file") from None
+        except Image.DecompressionBombError:
+            raise LayoutError(f"{what} {path}: far more pixels than a layout needs (at most {MAX_IMAGE_PIXELS}); scale it down") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise LayoutError(f"{what} {path}: not a readable image ({type(exc).__name__})") from None
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
