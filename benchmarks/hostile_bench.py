@@ -3,7 +3,7 @@
 Each probe runs one CLI command in a fresh home (or a prepared one) and counts as *held*
 when it ends as it must: the expected exit code, at most one ``Error:`` line on stderr,
 no traceback, no retry chatter, and whatever check the probe adds (blobs kept, nothing
-stored). Time and peak memory are taken per process (``os.wait4``); a probe over the
+stored). Time and peak memory are taken per process (``/usr/bin/time``); a probe over the
 limits (default 5 s, 500 MB) is *broken* too.
 
     python benchmarks/hostile_bench.py [--limit-s 5] [--limit-mb 500] [--json]
@@ -48,11 +48,17 @@ def run_probe(probe: Probe, work: Path, base_env: dict[str, str]) -> dict:
     env = {**base_env, "CONES2_HOME": str(home), **probe.env}
     probe.setup(home)
     start = time.monotonic()
-    proc = subprocess.Popen([CLI, *probe.args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # /usr/bin/time measures the probe from a small parent: a child forked from this process
+    # (numpy, torch) would count this process's pages in its own peak.
+    rss_file = home / "peak-rss-kb"
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), CLI, *probe.args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - start
-    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN's running max, so take wait4 via a wrapper
-    peak_mb = _peak_of(proc.pid)
+    try:
+        peak_mb = round(int(rss_file.read_text().split()[-1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        peak_mb = float("nan")
     lines = [line for line in err.splitlines() if line.strip()]
     one_line = not lines or (len(lines) == 1 and lines[0].startswith("Error: "))
     ok = (
@@ -60,27 +66,6 @@ def run_probe(probe: Probe, work: Path, base_env: dict[str, str]) -> dict:
         and probe.check(home, out, err)
     )
     return {"probe": probe.name, "held": ok, "exit": proc.returncode, "s": round(took, 2), "mb": peak_mb, "stderr": err.strip()[:160]}
-
-
-_PEAKS: dict[int, float] = {}
-
-
-def _peak_of(pid: int) -> float:
-    return _PEAKS.get(pid, float("nan"))
-
-
-def _install_reaper() -> None:
-    """Record each child's peak RSS (os.wait4) before subprocess reaps it."""
-    original = subprocess.Popen._try_wait  # type: ignore[attr-defined]
-
-    def _try_wait(self, wait_flags):  # noqa: ANN001, ANN202
-        pid, status, usage = os.wait4(self.pid, wait_flags)
-        if pid == self.pid:
-            _PEAKS[pid] = round(usage.ru_maxrss / 1024, 1)
-        return pid, status
-
-    subprocess.Popen._try_wait = _try_wait  # type: ignore[attr-defined]
-    _install_reaper.original = original  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- inputs
@@ -273,7 +258,6 @@ def main() -> int:
     parser.add_argument("--limit-mb", type=float, default=500.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    _install_reaper()
     from cones2.base_model import model_info
     from cones2.demo_model import build_demo_model
 
