@@ -205,14 +205,37 @@ def test_training_cli_refuses_a_bad_encoder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- harness
 
 
-def test_eval_world_harness_smoke(world_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_variant_images_are_written_for_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cones2.world.scenes import save_variant_images
+
+    paths = save_variant_images("dotted-square", tmp_path / "imgs")
+    assert len(paths) == 5 and Image.open(paths[0]).size == (32, 32)
+    assert detect(np.asarray(Image.open(paths[0])))[0].pattern == "dots"
+    assert (tmp_path / "imgs" / "captions.txt").read_text().splitlines()[0] == "dotted-square-0.png\ta blue square"
+
+
+def test_eval_world_harness_smoke(world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cones2.base_model import fingerprint
+    from cones2.residual_file import make_residual
+    from cones2.world.model import build_tokenizer
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import eval_world
     finally:
         sys.path.pop(0)
+    subjects = tmp_path / "subjects"
+    subjects.mkdir()
+    tok = build_tokenizer()
+    for name, word in (("striped-circle", "circle"), ("dotted-square", "square")):
+        ids = tok(word, add_special_tokens=False).input_ids
+        data = make_residual(np.zeros((1, 64), np.float32), word, ids, fingerprint(world_dir)).to_bytes()
+        (subjects / f"{name}.safetensors").write_bytes(data)
     rc = eval_world.main(["--model", str(world_dir), "--prompts", "2", "--layout-prompts", "2", "--steps", "1",
-                          "--weights", "0.08", "--ceiling", "8", "--json"])
+                          "--weights", "0.08", "--ceiling", "8", "--subjects", str(subjects), "--subject-scenes", "1",
+                          "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["detector_ceiling"]["accuracy"] >= 0.85
@@ -221,3 +244,9 @@ def test_eval_world_harness_smoke(world_dir: Path, capsys: pytest.CaptureFixture
     # two fixed scenes (1 and 2 objects): every asked object is scored
     assert {r["objects"] for r in out["layout"]} == {3}
     assert all(0.0 <= r["hit_rate"] <= 1.0 for r in out["layout"])
+    # (c) each subject alone, (d) both together; each unguided and guided
+    assert [(r["subjects"], r["guided"]) for r in out["subjects"]] == [
+        (["striped-circle"], False), (["striped-circle"], True), (["dotted-square"], False), (["dotted-square"], True),
+        (["striped-circle", "dotted-square"], False), (["striped-circle", "dotted-square"], True),
+    ]
+    assert all(0.0 <= v <= 1.0 for r in out["subjects"] for v in [*r["fidelity"].values(), *r["leakage"].values()])

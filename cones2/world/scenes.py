@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -291,3 +292,20 @@ def variant_images(variant: Variant | str, n: int = 5, seed: int = 0, size: int 
         sc = variant_scene(v, seed * 1000 + i, size)
         out.append((sc.render(), sc.caption))
     return out
+
+
+def save_variant_images(variant: Variant | str, folder: str | Path, n: int = 5, seed: int = 0) -> list[Path]:
+    """Write ``n`` PNGs of a subject variant (and ``captions.txt``) to ``folder``, for ``cones2 train``."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    paths, lines = [], []
+    for i, (img, caption) in enumerate(variant_images(v, n, seed)):
+        path = folder / f"{v.name}-{i}.png"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+        lines.append(f"{path.name}\t{caption}")
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    return paths
