@@ -218,27 +218,36 @@ def _cache_key(root: Path) -> str:
 
 
 def fingerprint(root: str | os.PathLike[str], *, use_cache: bool = True) -> str:
-    """The fingerprint of a model folder, from the cache when its files did not change."""
+    """The fingerprint of a model folder, from the cache when its files did not change.
+
+    The cache (``$CONES2_HOME/cache/fingerprints.json``) keeps one entry per folder and
+    forgets folders that no longer exist, so temporary model folders do not pile up.
+    """
     from .config import cache_dir
 
     root = Path(root)
     key = _cache_key(root)
+    folder = str(root.resolve())
     cache_file = cache_dir() / "fingerprints.json"
-    cache: dict[str, str] = {}
+    cache: dict[str, dict[str, str]] = {}
     if use_cache and cache_file.is_file():
         try:
-            cache = json.loads(cache_file.read_text())
-        except ValueError:
-            cache = {}
-        if key in cache:
-            return cache[key]
+            loaded = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            loaded = {}
+        if isinstance(loaded, dict):  # entries of an older layout (key -> value) are dropped
+            cache = {f: e for f, e in loaded.items() if isinstance(e, dict) and {"key", "fingerprint"} <= set(e)}
+        entry = cache.get(folder)
+        if entry is not None and entry["key"] == key:
+            return entry["fingerprint"]
     value = compute_fingerprint(root)
     if use_cache:
-        cache[key] = value
+        cache = {f: e for f, e in cache.items() if Path(f).is_dir()}
+        cache[folder] = {"key": key, "fingerprint": value}
         try:
             from .fsutil import atomic_write_bytes
 
-            atomic_write_bytes(cache_file, json.dumps(cache, indent=0).encode())
+            atomic_write_bytes(cache_file, json.dumps(cache, indent=0, sort_keys=True).encode())
         except OSError:
             pass  # a read-only cache only costs speed
     return value
@@ -285,6 +294,8 @@ def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN
     """
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from ._quiet import no_progress_bars
+
     _, path = resolve_model_path(model)
     index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
     if isinstance(index, dict) and str(index.get("text_encoder", [""])[0]).startswith("cones2.world"):
@@ -293,14 +304,17 @@ def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN
         from .world.components import PhraseLocalTextEncoder
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-        encoder = PhraseLocalTextEncoder.from_pretrained(path / "text_encoder")
+        with no_progress_bars():
+            encoder = PhraseLocalTextEncoder.from_pretrained(path / "text_encoder")
+        encoder.eval()
+        return tokenizer, encoder
+    tok_class = index.get("tokenizer", [None, ""])[1] if isinstance(index, dict) else ""
+    if tok_class == "PreTrainedTokenizerFast":
+        from transformers import PreTrainedTokenizerFast as tok_type
     else:
-        tok_class = index.get("tokenizer", [None, ""])[1] if isinstance(index, dict) else ""
-        if tok_class == "PreTrainedTokenizerFast":
-            from transformers import PreTrainedTokenizerFast as tok_type
-        else:
-            tok_type = CLIPTokenizer
-        tokenizer = tok_type.from_pretrained(path / "tokenizer")
+        tok_type = CLIPTokenizer
+    tokenizer = tok_type.from_pretrained(path / "tokenizer")
+    with no_progress_bars():
         encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
     encoder.eval()
     return tokenizer, encoder

@@ -68,8 +68,8 @@ def run_quickstart(
     for i, (word, name) in enumerate(DEMO_SUBJECTS.items()):
         ids = word_token_ids(tokenizer, word)
         tuned = stand_in_tuned_encoder(encoder, ids, seed=seed + i)
-        delta = compute_residual(encoder, tuned, tokenizer, word)
-        rf = make_residual(delta, word, ids, info.fingerprint, {"name": name, "demo": True})
+        delta = compute_residual(encoder, tuned, tokenizer, word, templates="reference")
+        rf = make_residual(delta, word, ids, info.fingerprint, {"name": name, "demo": True}, templates="reference")
         path = rf.save(out_dir / f"{name}.safetensors")
         files[word], sizes[word] = str(path), path.stat().st_size
         residuals[word] = read_residual(path)
@@ -88,23 +88,24 @@ def run_quickstart(
     registered = {}
     with open_catalogue() as catalogue:
         for word, name in DEMO_SUBJECTS.items():
-            record = catalogue.add(files[word], name, base=info.path, description=f"quickstart demo subject ({word})")
+            # base=info: labelled as the user named it ("demo", a Hub id), not by its folder
+            record = catalogue.add(files[word], name, base=info, description=f"quickstart demo subject ({word})")
             registered[word] = f"{record.name}@{record.version}"
     rendered: dict[str, Any] = {}
     if render:
-        from .sampler.generate import generate_images
+        from .sampler.generate import composition_from_options, generate, layout_spec
+        from .sampler.presets import resolve_settings
 
-        rendered = generate_images(
+        composition = composition_from_options(
             DEMO_PROMPT,
             subjects=tuple(f"{w}={n}" for w, n in DEMO_SUBJECTS.items()),
-            boxes=DEMO_BOXES,
-            model=info.path,
+            layout=layout_spec(boxes=DEMO_BOXES),
+            settings=resolve_settings("reference", steps=steps),
+            model=model,  # labelled as the user named it (None: the configured model)
             seed=seed,
-            steps=steps,
-            output=str(out_dir / "quickstart.png"),
-            attention_dir=str(out_dir / "attention"),
-            progress=progress,
+            name="quickstart",
         )
+        rendered = generate(composition, output=str(out_dir / "quickstart.png"), attention_dir=str(out_dir / "attention"))
     return QuickstartResult(
         model=info.source,
         fingerprint=info.fingerprint,

@@ -58,6 +58,22 @@ TEMPLATES: tuple[str, ...] = (
     "a {} on the street",
 )
 
+# Named template sets: "reference" is the reference implementation's 27 templates (the
+# first 27 above, in its order; the default), "extended" all 30.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"reference": TEMPLATES[:27], "extended": TEMPLATES}
+DEFAULT_TEMPLATE_SET = "reference"
+
+
+def template_set(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """The templates of a named set, or the given templates themselves."""
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown template set {templates!r} (one of {', '.join(TEMPLATE_SETS)})")
+        return TEMPLATE_SETS[templates]
+    return tuple(templates)
+
 
 @dataclass(frozen=True)
 class SubjectKey:
@@ -118,9 +134,15 @@ def find_occurrences(ids: Sequence[int], pattern: Sequence[int], tokenizer: Any 
     return [i for i in range(len(ids) - n + 1) if ids[i : i + n] == pattern and starts[i]]
 
 
-def _is_full(row: Sequence[int], eos_id: int | None) -> bool:
-    """A row whose last position holds EOS was filled to the limit (probably truncated)."""
-    return eos_id is not None and len(row) > 0 and row[-1] == eos_id and row.count(eos_id) == 1
+def _is_full(row: Sequence[int], eos_id: int | None, limit: int | None) -> bool:
+    """A row of ``limit`` tokens whose one EOS is its last token was filled to the limit (maybe cut).
+
+    Every unpadded tokenisation ends in EOS, so the length decides: a shorter row is whole.
+    """
+    return (
+        eos_id is not None and limit is not None and len(row) >= limit
+        and row[-1] == eos_id and row.count(eos_id) == 1
+    )
 
 
 def locate_in_ids(
@@ -140,19 +162,23 @@ def locate_in_ids(
         start = found[wanted - 1]
         return list(range(start, start + len(word_ids)))
     eos_id = getattr(tokenizer, "eos_token_id", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = limit if isinstance(limit, int) and limit < 100_000 else None
     if tokenizer is not None and prompt is not None:
         full = list(tokenizer(prompt, add_special_tokens=True, truncation=False).input_ids)
         if len(find_occurrences(full, word_ids, tokenizer)) >= wanted:
-            limit = getattr(tokenizer, "model_max_length", len(row))
-            raise TokenLocationError(f"subject {str(key)!r} is cut off by the {limit}-token limit in {where}")
-    elif _is_full(row, eos_id):
+            raise TokenLocationError(f"subject {str(key)!r} is cut off by the {limit or len(row)}-token limit in {where}")
+        truncated = limit is not None and len(full) > limit
+    elif _is_full(row, eos_id, limit):
         content = row[:-1]
         for cut in range(len(word_ids) - 1, 0, -1):
             if content[-cut:] == list(word_ids[:cut]):
                 raise TokenLocationError(f"subject {str(key)!r} is cut off by the {len(row)}-token limit in {where}")
     if found:
         raise TokenLocationError(f"subject {str(key)!r}: {where} has only {len(found)} occurrence(s) of {key.word!r}")
-    if _is_full(row, eos_id):
+    if tokenizer is None or prompt is None:
+        truncated = _is_full(row, eos_id, limit)
+    if truncated:
         raise TokenLocationError(
             f"subject word {key.word!r} does not occur in {where}, which fills the {len(row)}-token limit: it may be cut off"
         )
@@ -264,15 +290,18 @@ def compute_residual(
     tuned_encoder: Any,
     tokenizer: Any,
     word: str,
-    templates: Sequence[str] = TEMPLATES,
+    templates: str | Sequence[str] = DEFAULT_TEMPLATE_SET,
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Mean over ``templates`` of ``tuned(t)[word tokens] - base(t)[word tokens]``.
 
-    Returns a float32 tensor of shape ``(tokens of word, hidden size)``.
+    ``templates``: a set name (``"reference"``, the default: the reference's 27;
+    ``"extended"``: 30) or the templates themselves. Returns a float32 tensor of shape
+    ``(tokens of word, hidden size)``.
     """
     import torch
 
+    templates = template_set(templates)
     if not templates:
         raise TokenLocationError("compute_residual needs at least one template")
     prompts = [t.format(word) for t in templates]

@@ -12,6 +12,9 @@ A residual file is a safetensors file with exactly one tensor, ``residual``, of 
 ``base``                the base-model fingerprint (sha256 hex, see base_model)
 ``dtype``               ``"float32"`` or ``"float16"``
 ``meta``                JSON object of free user metadata (may be ``{}``)
+``templates``           optional: the name of the prompt-template set the residual
+                        was averaged over (``"reference"``, ``"extended"``); files
+                        without it (written before the key existed) load as before
 ======================  =====================================================
 
 Reading validates everything and needs neither torch nor transformers (numpy only), so
@@ -34,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidResidualError
+from . import jsonlimits
+from .errors import InvalidResidualError, ResidualNotFoundError
 
 FORMAT_NAME = "cones2.residual"
 FORMAT_VERSION = 1
@@ -42,6 +46,9 @@ TENSOR_NAME = "residual"
 _DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
 _REQUIRED_KEYS = ("format", "format_version", "word", "token_ids", "hidden_size", "base", "dtype", "meta")
 _MAX_HEADER = 1 << 20  # residual headers are a few hundred bytes; refuse absurd ones early
+#: A residual is (tokens, hidden size): 77 x 4096 float32 is 1.2 MB. Anything far larger
+#: is refused before it is read.
+MAX_RESIDUAL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class ResidualFile:
     token_ids: tuple[int, ...]
     base_fingerprint: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    templates: str | None = None  # name of the template set, when known
 
     def __post_init__(self) -> None:
         validate_residual_array(self.residual, self.token_ids, source="residual")
@@ -83,6 +91,8 @@ class ResidualFile:
             "dtype": self.dtype,
             "meta": json.dumps(self.metadata, sort_keys=True, separators=(",", ":")),
         }
+        if self.templates is not None:
+            meta["templates"] = self.templates
         return _serialise(np.ascontiguousarray(self.residual), meta)
 
     def sha256(self) -> str:
@@ -101,7 +111,8 @@ class ResidualFile:
     def with_dtype(self, dtype: str) -> ResidualFile:
         if dtype not in _DTYPES:
             raise InvalidResidualError(f"residual: unsupported dtype {dtype!r} (float32 or float16)")
-        return ResidualFile(self.residual.astype(_DTYPES[dtype][1]), self.word, self.token_ids, self.base_fingerprint, dict(self.metadata))
+        return ResidualFile(self.residual.astype(_DTYPES[dtype][1]), self.word, self.token_ids, self.base_fingerprint,
+                            dict(self.metadata), self.templates)
 
 
 def _serialise(array: np.ndarray, meta: dict[str, str]) -> bytes:
@@ -154,7 +165,9 @@ def _parse_header(data: bytes, source: str) -> tuple[dict[str, Any], int]:
     if 8 + header_len > len(data):
         raise InvalidResidualError(f"{source}: truncated safetensors file (header cut off)")
     try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+        header = jsonlimits.loads(bytes(data[8 : 8 + header_len]))
+    except jsonlimits.JSONLimitError as exc:
+        raise InvalidResidualError(f"{source}: refused safetensors header ({exc})") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidResidualError(f"{source}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
@@ -197,6 +210,10 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     if len(shape) != 2:
         raise InvalidResidualError(f"{source}: residual must have rank 2 (tokens, hidden size), got shape {tuple(shape)}")
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
+    if expected > MAX_RESIDUAL_BYTES:
+        raise InvalidResidualError(
+            f"{source}: declared tensor of {expected} bytes is larger than a residual can be ({MAX_RESIDUAL_BYTES} bytes)"
+        )
     if not (isinstance(start, int) and isinstance(end, int)) or end - start != expected or start != 0:
         raise InvalidResidualError(f"{source}: tensor data offsets do not match its shape")
     if body_start + end > len(data):
@@ -204,9 +221,9 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     if body_start + end < len(data):
         raise InvalidResidualError(f"{source}: trailing bytes after the tensor data")
     try:
-        token_ids = json.loads(meta["token_ids"], parse_constant=_refuse_constant)
+        token_ids = jsonlimits.loads(meta["token_ids"], parse_constant=_refuse_constant)
         hidden_size = int(meta["hidden_size"])
-        user_meta = json.loads(meta["meta"], parse_constant=_refuse_constant)
+        user_meta = jsonlimits.loads(meta["meta"], parse_constant=_refuse_constant)
     except (ValueError, TypeError):
         raise InvalidResidualError(f"{source}: malformed metadata (token_ids, hidden_size or meta)") from None
     if not isinstance(token_ids, list) or not isinstance(user_meta, dict):
@@ -220,7 +237,10 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     word = meta["word"]
     if not isinstance(word, str) or not word or word != word.strip():
         raise InvalidResidualError(f"{source}: invalid subject word {word!r}")
-    return ResidualFile(array, word, tuple(token_ids), base, user_meta)
+    templates = meta.get("templates")
+    if templates is not None and (not isinstance(templates, str) or not templates):
+        raise InvalidResidualError(f"{source}: malformed metadata (templates must be a set name)")
+    return ResidualFile(array, word, tuple(token_ids), base, user_meta, templates)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -232,9 +252,15 @@ def read_residual_bytes(path: str | os.PathLike[str]) -> bytes:
     """The raw bytes of a residual file, with one-line errors for unreadable paths."""
     path = Path(path)
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_RESIDUAL_BYTES + _MAX_HEADER + 8:
+                raise InvalidResidualError(
+                    f"{path}: {size} bytes is far larger than a residual file can be (at most {MAX_RESIDUAL_BYTES} bytes of data); not read"
+                )
+            return fh.read()
     except FileNotFoundError:
-        raise InvalidResidualError(f"{path}: no such file") from None
+        raise ResidualNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InvalidResidualError(f"{path}: is a folder, not a residual file") from None
     except OSError as exc:
@@ -253,8 +279,10 @@ def make_residual(
     base_fingerprint: str,
     metadata: Mapping[str, Any] | None = None,
     dtype: str | None = None,
+    templates: str | None = None,
 ) -> ResidualFile:
-    """Build a :class:`ResidualFile` from a numpy array or torch tensor."""
+    """Build a :class:`ResidualFile` from a numpy array or torch tensor (``templates``: the
+    name of the template set it was averaged over, recorded in the file)."""
     if hasattr(residual, "detach"):
         residual = residual.detach().cpu().float().numpy() if dtype != "float16" else residual.detach().cpu().half().numpy()
     array = np.asarray(residual)
@@ -270,7 +298,8 @@ def make_residual(
         json.dumps(dict(metadata or {}))
     except TypeError as exc:
         raise InvalidResidualError(f"residual: metadata must be JSON-serialisable ({exc})") from None
-    return ResidualFile(np.ascontiguousarray(array), word, tuple(int(t) for t in token_ids), base_fingerprint, dict(metadata or {}))
+    return ResidualFile(np.ascontiguousarray(array), word, tuple(int(t) for t in token_ids), base_fingerprint,
+                        dict(metadata or {}), templates)
 
 
 def import_legacy_pt(
@@ -291,7 +320,7 @@ def import_legacy_pt(
 
     path = Path(path)
     if not path.is_file():
-        raise InvalidResidualError(f"{path}: no such file")
+        raise ResidualNotFoundError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not one line, not for users
             warnings.simplefilter("ignore")
@@ -301,6 +330,10 @@ def import_legacy_pt(
         raise InvalidResidualError(f"{path}: refused legacy .pt file ({type(exc).__name__}: {first[:160]})") from None
     if not isinstance(obj, torch.Tensor):
         raise InvalidResidualError(f"{path}: legacy .pt must hold a bare tensor, found {type(obj).__name__}")
+    if obj.layout != torch.strided or getattr(obj, "is_quantized", False) or getattr(obj, "is_nested", False):
+        kind = str(obj.layout).removeprefix("torch.") if obj.layout != torch.strided else "quantized or nested"
+        raise InvalidResidualError(f"{path}: legacy residual must be a dense tensor, not a {kind} one")
+    obj = obj.detach()  # a saved nn.Parameter loads as one; its values are what counts
     if not obj.is_floating_point():
         raise InvalidResidualError(f"{path}: legacy residual must be a floating-point tensor, got {str(obj.dtype).removeprefix('torch.')}")
     if obj.ndim == 1:

@@ -49,7 +49,8 @@ def test_generate_writes_png_with_metadata(tmp_path, dog_file):
     assert meta["base_model"]["fingerprint"] == rf.base_fingerprint
     assert "cones2-demo-model" in image.text
     maps = {p.split("/")[-1] for p in data["attention_maps"]}
-    assert {"layout.png", "out-0-attention-dog.png", "out-0-attention-mug.png", "out-0-attention.png"} <= maps
+    assert {"out-0-attention-dog.png", "out-0-attention-mug.png", "out-0-attention.png"} <= maps
+    assert data["layout_preview"] == str(tmp_path / "maps" / "layout.png") and "layout.png" not in maps
 
 
 def test_generate_registry_ref_and_colour_layout(tmp_path, dog_file):
@@ -69,7 +70,9 @@ def test_generate_registry_ref_and_colour_layout(tmp_path, dog_file):
     assert "demo model" in result.output
     meta = json.loads(Image.open(tmp_path / "o.png").text["cones2"])
     assert meta["subjects"]["dog"]["name"] == "dog-max" and meta["subjects"]["dog"]["version"] == 1
-    assert meta["layout"][0]["weight_in"] == 3.0 and meta["settings"]["scheduler"] == "EulerDiscreteScheduler"
+    assert meta["layout"][0]["weight_in"] == 3.0 and meta["settings"]["scheduler"] == "euler"
+    assert meta["settings"]["scheduler_class"] == "EulerDiscreteScheduler" and meta["settings"]["preset"] == "reference"
+    assert meta["settings"]["overridden"] == ["scheduler", "steps"]
 
 
 @pytest.mark.parametrize("args, code, text", [
