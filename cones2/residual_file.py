@@ -302,19 +302,13 @@ def make_residual(
                         dict(metadata or {}), templates)
 
 
-def import_legacy_pt(
-    path: str | os.PathLike[str],
-    word: str,
-    token_ids: list[int] | tuple[int, ...],
-    base_fingerprint: str,
-    hidden_size: int,
-    metadata: Mapping[str, Any] | None = None,
-) -> ResidualFile:
-    """Import a residual saved by the reference implementation (``torch.save`` of a tensor).
+def read_legacy_pt(path: str | os.PathLike[str], hidden_size: int) -> np.ndarray:
+    """The residual array of a reference implementation's ``.pt`` (``torch.save`` of a tensor).
 
-    Only a bare tensor of shape ``(tokens, hidden)`` or ``(hidden,)`` is accepted. The file
-    is opened with ``torch.load(weights_only=True)``, which refuses any pickle that is not
-    made of tensors and plain containers, so a malicious file is rejected without running.
+    Only a bare dense floating-point tensor of shape ``(tokens, hidden)`` or ``(hidden,)`` is
+    accepted; returned as a 2-D float32/float16 array. The file is opened with
+    ``torch.load(weights_only=True)``, which refuses any pickle that is not made of tensors and
+    plain containers, so a malicious file is rejected without running.
     """
     import torch
 
@@ -342,16 +336,39 @@ def import_legacy_pt(
         raise InvalidResidualError(f"{path}: legacy residual must have shape (tokens, {hidden_size}) or ({hidden_size},), got {tuple(obj.shape)}")
     if obj.shape[1] != hidden_size:
         raise InvalidResidualError(f"{path}: hidden size {obj.shape[1]} does not match the base model's {hidden_size}")
-    if obj.shape[0] != len(token_ids):
+    return obj.float().numpy().astype(np.float16 if obj.dtype == torch.float16 else np.float32)
+
+
+def legacy_residual(
+    array: np.ndarray,
+    path: str | os.PathLike[str],
+    word: str,
+    token_ids: list[int] | tuple[int, ...],
+    base_fingerprint: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> ResidualFile:
+    """A :class:`ResidualFile` from the array :func:`read_legacy_pt` returned for ``path``."""
+    if array.shape[0] != len(token_ids):
         raise InvalidResidualError(
-            f"{path}: {obj.shape[0]} row(s) but {word!r} is {len(token_ids)} token(s) in the base tokenizer"
+            f"{path}: {array.shape[0]} row(s) but {word!r} is {len(token_ids)} token(s) in the base tokenizer"
         )
-    dtype = "float16" if obj.dtype == torch.float16 else "float32"
     meta = {"imported_from": "cones-v2 .pt", **dict(metadata or {})}
     try:
-        return make_residual(obj.float().numpy().astype(np.float16 if dtype == "float16" else np.float32), word, token_ids, base_fingerprint, meta)
+        return make_residual(array, word, token_ids, base_fingerprint, meta)
     except InvalidResidualError as exc:
         raise InvalidResidualError(f"{path}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def import_legacy_pt(
+    path: str | os.PathLike[str],
+    word: str,
+    token_ids: list[int] | tuple[int, ...],
+    base_fingerprint: str,
+    hidden_size: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> ResidualFile:
+    """Import a residual saved by the reference implementation; see :func:`read_legacy_pt`."""
+    return legacy_residual(read_legacy_pt(path, hidden_size), path, word, token_ids, base_fingerprint, metadata)
 
 
 def ensure_compatible(residual: ResidualFile, fingerprint: str, hidden_size: int | None = None, source: str = "residual", model: str | None = None) -> None:

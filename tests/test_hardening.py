@@ -208,14 +208,25 @@ def test_pt_accepts_parameters_and_refuses_sparse_in_one_line(tmp_path: Path) ->
 # ---------------------------------------------------------------- 8. versions
 
 
-def test_version_overflow_is_refused_before_anything_commits(tmp_path: Path, fp: str) -> None:
+def test_version_overflow_is_refused_before_anything_commits(tmp_path: Path, fp: str, cones2_home: Path) -> None:
     from cones2.registry.refs import MAX_VERSION
 
     assert run("add", residual_file(tmp_path / "a.safetensors", fp), "--name", "dog", "--version", MAX_VERSION)[0] == 0
     code, _, err = run("add", residual_file(tmp_path / "b.safetensors", fp, seed=1), "--name", "dog")
-    assert code == 2 and "highest version number" in one_error(err)
+    assert code == 2 and "highest version number" in one_error(err) and "nothing stored" in err
     code, out, _ = run("list", "--json")
     assert json.loads(out)[0]["versions"] == 1
+    assert len(list((cones2_home / "blobs" / "sha256").iterdir())) == 1  # the refused content left no blob
+
+
+def test_a_refused_add_keeps_a_blob_that_a_version_refers_to(tmp_path: Path, fp: str, cones2_home: Path) -> None:
+    src = residual_file(tmp_path / "a.safetensors", fp)
+    assert run("add", src, "--name", "dog")[0] == 0
+    code, _, err = run("add", src, "--name", "dog", "--version", "1000000000")
+    assert code == 2
+    code, _, err = run("add", src, "--name", "mug", "--word", "cat")  # refused after the blob existed already
+    assert code != 0, err
+    assert run("verify")[0] == 0
 
 
 # ---------------------------------------------------------------- 9, 10. layouts
@@ -244,6 +255,21 @@ def test_huge_layout_images_are_refused_in_one_line(tmp_path: Path, size: tuple[
         Layout.from_colour_image(png, {"255,0,0": "dog"})
     with pytest.raises(LayoutError, match="scale it down"):
         Layout.from_masks({"dog": png})
+
+
+@pytest.mark.parametrize("option", ["--mask", "--layout-image"])
+def test_huge_layout_files_are_refused_before_any_model_is_read(tmp_path: Path, option: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cones2.base_model
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was read before the layout was checked")
+
+    monkeypatch.setattr(cones2.base_model, "model_info", no_model)
+    png = _png_header_only(tmp_path / "big.png", 40000, 40000)
+    layout = ["--mask", f"dog={png}"] if option == "--mask" else ["--layout-image", png, "--colour", "255,0,0=dog"]
+    code, _, err = run("generate", "a dog", *layout, "--steps", "1", "--output", tmp_path / "o.png")
+    assert code == 6 and "scale it down" in one_error(err)
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_one_colour_for_two_words_is_refused(tmp_path: Path) -> None:

@@ -226,6 +226,16 @@ class LayoutSpec:
             out.append(("layout.image", self.image))
         return out
 
+    def check_files(self) -> None:
+        """Refuse a mask or layout image that is missing, unreadable or too large (headers only:
+        cheap, so that callers run it before loading a model)."""
+        from ..sampler.layout import check_image_file
+
+        for word, path in self.masks:
+            check_image_file(path, f"layout mask {word!r}")
+        if self.image:
+            check_image_file(self.image, "layout image")
+
     def build(self, height: int, width: int, settings: SamplerSettings, tolerance: float | None = None) -> Any:
         """The :class:`~cones2.sampler.layout.Layout` for an image of this size, or None.
 

@@ -195,6 +195,8 @@ def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None) -> R
     from ..base_model import model_info
 
     for job in jobs:  # refuse before any model is loaded
+        if job.composition.layout is not None:
+            job.composition.layout.check_files()
         check_base(job.resolution, model_info(job.composition.base_model).fingerprint)
         load_residuals(job.resolution)  # re-verifies every blob; pulls pinned versions that are missing
     work = _work(jobs)

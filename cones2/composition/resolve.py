@@ -224,6 +224,8 @@ def resolve(composition: Composition, *, pins: Mapping[str, ResolvedSubject] | N
     """Resolve every subject; ``pins`` (from an existing lock) are kept where their spec still admits them."""
     from ..registry import open_catalogue
 
+    if composition.layout is not None:
+        composition.layout.check_files()  # cheap, before the base model is built or read
     base, info = base_model_entry(composition)
     tokenizer = load_tokenizer(info.path)
     entries: dict[str, ResolvedSubject] = {}

@@ -117,14 +117,15 @@ class CatalogueWrites(CatalogueReads):
             raise UsageError(f"{path}: a legacy .pt residual needs --word (the subject's class word)")
         if info is None:
             info = self._base_info(None)
+        from ..residual_file import legacy_residual, read_legacy_pt
+
+        array = read_legacy_pt(path, info.hidden_size)  # a refused file is refused before the tokenizer loads
         from transformers import CLIPTokenizer
 
         from ..residual import word_token_ids
-        from ..residual_file import import_legacy_pt
 
         tokenizer = CLIPTokenizer.from_pretrained(str(Path(info.path) / "tokenizer"))
-        ids = word_token_ids(tokenizer, word)
-        return import_legacy_pt(path, word, ids, info.fingerprint, info.hidden_size)
+        return legacy_residual(array, path, word, word_token_ids(tokenizer, word), info.fingerprint)
 
     def _check_base(self, residual: ResidualFile, source: str, info: BaseModelInfo) -> None:
         if residual.hidden_size != info.hidden_size:
@@ -162,10 +163,6 @@ class CatalogueWrites(CatalogueReads):
         provenance: Mapping[str, Any] | None,
         base_revision: str | None,
     ) -> VersionRecord:
-        from sqlalchemy import select
-
-        from .models import BaseModel, BaseModelId, Subject, Version, utcnow
-
         if word is not None and word != residual.word:
             raise InvalidResidualError(f"{source}: the residual is for the word {residual.word!r}, not {word!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
@@ -179,7 +176,45 @@ class CatalogueWrites(CatalogueReads):
             raise UsageError(f"metadata must be JSON-serialisable ({exc})") from None
         prov = _normalise_provenance(provenance)
         sha = sha256_hex(data)
+        fresh = not self.store.exists(sha)
         self.store.put(data, sha)  # before the row: a row never points to a missing blob
+        try:
+            return self._add_rows(data, sha, residual, name, info, description=description, metadata=metadata,
+                                  meta_json=meta_json, version=version, prov=prov, base_revision=base_revision)
+        except BaseException:
+            if fresh:
+                self._drop_unreferenced(sha)  # a refused add stores nothing
+            raise
+
+    def _drop_unreferenced(self, sha: str) -> None:
+        """Delete the blob ``sha`` unless a version refers to it (under the write lock, so no
+        concurrent add can start referring to it meanwhile)."""
+        from sqlalchemy import select
+
+        from .models import Version
+
+        with self.db.write() as session:
+            if session.scalars(select(Version.id).where(Version.sha256 == sha)).first() is None:
+                self.store.delete(sha)
+
+    def _add_rows(
+        self,
+        data: bytes,
+        sha: str,
+        residual: ResidualFile,
+        name: str,
+        info: BaseModelInfo | None,
+        *,
+        description: str | None,
+        metadata: Mapping[str, Any] | None,
+        meta_json: str,
+        version: int | None,
+        prov: dict[str, Any],
+        base_revision: str | None,
+    ) -> VersionRecord:
+        from sqlalchemy import select
+
+        from .models import BaseModel, BaseModelId, Subject, Version, utcnow
 
         with self.db.write() as session:
             subject = session.scalars(select(Subject).where(Subject.name == name)).first()
