@@ -205,6 +205,33 @@ def test_pt_accepts_parameters_and_refuses_sparse_in_one_line(tmp_path: Path) ->
     assert code == 3 and "dense tensor" in one_error(err)
 
 
+def test_pt_refusals_come_before_torch_is_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.save(torch.randn(1, 32).to_sparse(), tmp_path / "sparse.pt")
+    torch.save({"residual": torch.randn(1, 32)}, tmp_path / "dict.pt")
+    (tmp_path / "payload.pt").write_bytes(b"\x80\x02cos\nsystem\n(S'echo pwned'\ntR.")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle at all")
+    torch.save(torch.nn.Parameter(torch.randn(32)), tmp_path / "param.pt")
+    script = (
+        "import sys\nfrom cones2.residual_file import read_legacy_pt\nfrom cones2.errors import InvalidResidualError\n"
+        f"for name in ('sparse', 'dict', 'payload', 'junk'):\n"
+        f"    try:\n        read_legacy_pt({str(tmp_path)!r} + '/' + name + '.pt', 32)\n"
+        "    except InvalidResidualError as exc:\n        print(name, exc)\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+        f"print(read_legacy_pt({str(tmp_path)!r} + '/param.pt', 32).shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [line.split()[0] for line in out[:4]] == ["sparse", "dict", "payload", "junk"]
+    assert "dense tensor, not a sparse one" in out[0] and "found dict" in out[1] and "'os system'" in out[2]
+    assert "refused legacy .pt file" in out[3]
+    assert out[4] == "no torch"  # every refusal above came from reading the pickle's opcodes, not from torch.load
+    assert out[5] == "(1, 32)"  # a Parameter passes the screen and loads
+
+
 # ---------------------------------------------------------------- 8. versions
 
 
