@@ -371,3 +371,16 @@ def test_token_ids_are_checked_at_pull(demo_model_dir: Path) -> None:
     with pytest.raises(InvalidResidualError, match="spell"):
         _check_base(manifest, "hub", info)
     _check_base(SimpleNamespace(**{**vars(manifest), "token_ids": (643,)}), "hub", info)
+
+
+def test_add_takes_bytes_and_add_bytes_refuses_unpushable_names_like_add(tmp_path: Path, fp: str) -> None:
+    from cones2.errors import InvalidNameError
+    from cones2.registry import open_catalogue
+
+    data = residual_file(tmp_path / "d.safetensors", fp).read_bytes()
+    with open_catalogue() as cat:
+        record = cat.add(data, "dog", source="downloaded")
+        assert record.version == 1 and record.sha256 == __import__("hashlib").sha256(data).hexdigest()
+        with pytest.raises(InvalidNameError, match="could not be pushed"):
+            cat.add_bytes(data, "dog-")
+        assert cat.add_bytes(data, "cat", description="same bytes").name == "cat"
