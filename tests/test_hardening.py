@@ -384,3 +384,23 @@ def test_add_takes_bytes_and_add_bytes_refuses_unpushable_names_like_add(tmp_pat
         with pytest.raises(InvalidNameError, match="could not be pushed"):
             cat.add_bytes(data, "dog-")
         assert cat.add_bytes(data, "cat", description="same bytes").name == "cat"
+
+
+def test_pt_import_encodes_the_word_like_transformers_without_importing_it(demo_model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from transformers import CLIPTokenizer
+
+    from cones2.residual import word_token_ids
+
+    reference = CLIPTokenizer.from_pretrained(str(demo_model_dir / "tokenizer"))
+    words = ["dog", "teapot", "Red  Mug", "cat-toy", "a's 3d", "café", "sks dog"]
+    script = (
+        "import json, sys\nfrom cones2.tokencheck import encode_word\n"
+        f"print(json.dumps([encode_word({str(demo_model_dir)!r}, w) for w in {words!r}]))\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert json.loads(out[0]) == [word_token_ids(reference, w) for w in words]
+    assert out[1] == "False"

@@ -106,12 +106,9 @@ class CatalogueWrites(CatalogueReads):
         from ..residual_file import legacy_residual, read_legacy_pt
 
         array = read_legacy_pt(path, info.hidden_size)  # a refused file is refused before the tokenizer loads
-        from transformers import CLIPTokenizer
+        from ..tokencheck import encode_word
 
-        from ..residual import word_token_ids
-
-        tokenizer = CLIPTokenizer.from_pretrained(str(Path(info.path) / "tokenizer"))
-        return legacy_residual(array, path, word, word_token_ids(tokenizer, word), info.fingerprint)
+        return legacy_residual(array, path, word, encode_word(info.path, word), info.fingerprint)
 
     def _check_base(self, residual: ResidualFile, source: str, info: BaseModelInfo) -> None:
         if residual.hidden_size != info.hidden_size:
