@@ -404,3 +404,16 @@ def test_pt_import_encodes_the_word_like_transformers_without_importing_it(demo_
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
     assert json.loads(out[0]) == [word_token_ids(reference, w) for w in words]
     assert out[1] == "False"
+
+
+def test_add_refuses_bad_files_and_names_before_the_catalogue_is_created(tmp_path: Path, fp: str, cones2_home: Path) -> None:
+    (tmp_path / "random.safetensors").write_bytes(os.urandom(512))
+    (tmp_path / "payload.pt").write_bytes(b"\x80\x02cos\nsystem\n(S'echo pwned'\ntR.")
+    good = residual_file(tmp_path / "good.safetensors", fp)
+    for args, code in (([tmp_path / "random.safetensors", "--name", "x"], 3), ([tmp_path / "payload.pt", "--name", "x", "--word", "dog"], 3),
+                       ([tmp_path / "missing.pt", "--name", "x", "--word", "dog"], 8), ([good, "--name", "dog-"], 2)):
+        got, _, err = run("add", *args)
+        assert got == code, err
+        one_error(err)
+    assert not (cones2_home / "catalogue.db").exists()  # nothing was opened, created or migrated for a refusal
+    assert run("add", good, "--name", "dog")[0] == 0 and (cones2_home / "catalogue.db").is_file()
