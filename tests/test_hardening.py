@@ -411,7 +411,7 @@ def test_add_refuses_bad_files_and_names_before_the_catalogue_is_created(tmp_pat
     (tmp_path / "payload.pt").write_bytes(b"\x80\x02cos\nsystem\n(S'echo pwned'\ntR.")
     good = residual_file(tmp_path / "good.safetensors", fp)
     for args, code in (([tmp_path / "random.safetensors", "--name", "x"], 3), ([tmp_path / "payload.pt", "--name", "x", "--word", "dog"], 3),
-                       ([tmp_path / "missing.pt", "--name", "x", "--word", "dog"], 8), ([good, "--name", "dog-"], 2)):
+                       ([tmp_path / "missing.pt", "--name", "x", "--word", "dog"], 8), ([good, "--name", "dog-"], 2), ([good, "--name", "dog", "--version", "0"], 2)):
         got, _, err = run("add", *args)
         assert got == code, err
         one_error(err)

@@ -45,13 +45,15 @@ def _version_line(rec: Any) -> str:
     return f"{rec.ref}  sha256:{rec.sha256[:12]}  {rec.dtype} {'x'.join(map(str, rec.shape))}  word {rec.word!r}{tags}"
 
 
-def _checked_before_opening(file: str, name: str) -> str | bytes:
+def _checked_before_opening(file: str, name: str, version: int | None) -> str | bytes:
     """The name and the file's own form are checked before the catalogue opens (a fresh home
     would be created and migrated first); a residual file comes back as its bytes, read once."""
     from ..registry.names import validate_name, validate_pushable_name
+    from ..registry.refs import check_version
 
     validate_name(name)
     validate_pushable_name(name)
+    check_version(version)
     if Path(file).suffix.lower() in (".pt", ".pth", ".bin"):
         from ..ptscreen import screen_legacy_pt
         if not Path(file).is_file():
@@ -77,7 +79,7 @@ def _checked_before_opening(file: str, name: str) -> str | bytes:
 def add(file: str, name: str, word: str | None, base: str | None, description: str | None, meta: tuple[str, ...], version: int | None, as_json: bool) -> None:
     """Add a residual FILE (cones2 residual or legacy .pt) as the next version of NAME."""
     metadata = _parse_meta(meta)
-    residual = _checked_before_opening(file, name)
+    residual = _checked_before_opening(file, name, version)
     with _catalogue() as cat:
         rec = cat.add(residual, name, word=word, base=base, description=description, metadata=metadata, version=version,
                       source=file)

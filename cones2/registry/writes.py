@@ -18,7 +18,7 @@ from ..errors import (
 from .names import validate_name, validate_pushable_name, validate_tag
 from .reads import CatalogueReads
 from .records import VersionRecord, _normalise_provenance, _record, _search_text
-from .refs import MAX_VERSION, Ref, parse_ref
+from .refs import MAX_VERSION, Ref, check_version, parse_ref
 from .store import sha256_hex
 
 if TYPE_CHECKING:
@@ -148,8 +148,7 @@ class CatalogueWrites(CatalogueReads):
     ) -> VersionRecord:
         if word is not None and word != residual.word:
             raise InvalidResidualError(f"{source}: the residual is for the word {residual.word!r}, not {word!r}")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
-            raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, not {version!r}")
+        check_version(version)
         if info is not None:
             self._check_base(residual, source, info)
         meta = {**residual.metadata, **dict(metadata or {})}
