@@ -142,15 +142,20 @@ class _Silent:
                 return
 
 
-def _answering(status: int) -> int:
+def _answering(status: int, body: bytes = b"") -> int:
+    """A server answering every request with ``status`` (0: resets the connection) and ``body``."""
+
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
             if status == 0:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self.send_response(status)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         do_GET = do_HEAD = do_POST = _any
 
@@ -224,6 +229,12 @@ def probes(files: Path, fp: str) -> list[Probe]:
         Probe("version overflow", ["add", put("v2.safetensors", residual_bytes(fp, {"v": 2})), "--name", "dog"], 2, kept,
               setup=lambda home: subprocess.run([CLI, "add", put("v1.safetensors", good), "--name", "dog", "--version", "999999999"],
                                                 env={**os.environ, "CONES2_HOME": str(home)}, check=True, capture_output=True)),
+        Probe("token ids not spelling the word", ["add", put("ids.safetensors", residual_bytes(fp, ids=(644,))), "--name", "x"], 3,
+              nothing),
+        Probe("meta given with stored content", ["add", put("seed2.safetensors", good), "--name", "dog", "--meta", "owner=ann"], 0,
+              lambda home, out, err: "--meta ignored" in out, setup=lambda home: subprocess.run(
+                  [CLI, "add", str(files / "seed2.safetensors"), "--name", "dog"], env={**os.environ, "CONES2_HOME": str(home)},
+                  check=True, capture_output=True)),
         Probe("version 0", ["add", put("v0.safetensors", good), "--name", "x", "--version", "0"], 2, nothing),
         Probe("name dog.", ["add", put("n1.safetensors", good), "--name", "dog."], 2, nothing),
         Probe("name dog-", ["add", put("n2.safetensors", good), "--name", "dog-"], 2, nothing),
@@ -248,6 +259,10 @@ def probes(files: Path, fp: str) -> list[Probe]:
         label = f"HTTP {status}" if status else "reset"
         out.append(Probe(f"{label}: search", ["search", "--remote", "r", "dog"], 12, env=hub_env, setup=remote_setup(port)))
         out.append(Probe(f"{label}: pull", ["pull", "r-ns/dog", "--remote", "r"], 12, env=hub_env, setup=remote_setup(port)))
+    deep_port = _answering(200, deep.encode())  # every answer, manifests and listings included, is nested JSON
+    out.append(Probe("deep json from the Hub: search", ["search", "--remote", "r", "dog"], 12, env=hub_env, setup=remote_setup(deep_port)))
+    out.append(Probe("deep json from the Hub: pull", ["pull", "r-ns/dog", "--remote", "r"], 12, nothing, env=hub_env,
+                     setup=remote_setup(deep_port)))
     out.append(Probe("server down: pull", ["pull", "r-ns/dog", "--remote", "r"], 12, env=hub_env, setup=remote_setup(down_port)))
     return out
 

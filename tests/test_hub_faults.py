@@ -52,6 +52,7 @@ class _Silent:
 
 class _Answers(BaseHTTPRequestHandler):
     status = 503
+    body = b'{"error": "down for maintenance"}'
     hits: list[str] = []
 
     def _any(self) -> None:
@@ -59,7 +60,7 @@ class _Answers(BaseHTTPRequestHandler):
         if self.status == 0:  # reset: close without answering
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        body = b'{"error": "down for maintenance"}'
+        body = self.body
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -139,6 +140,20 @@ def test_failing_server_gives_one_line_after_bounded_tries(hub_env: None, monkey
             assert f"HTTP {status}" in err, err
         assert time.monotonic() - start < 5
     assert "Retrying" not in capfd.readouterr().err
+
+
+def test_deeply_nested_json_from_the_server_is_one_line(hub_env: None, answering: type[_Answers], tmp_path: Path, demo_model_dir: Path, cones2_home: Path) -> None:
+    """A server whose every answer is nested 100,000 deep: huggingface_hub's json.loads recurses."""
+    _local_dog(tmp_path, demo_model_dir)
+    answering.status = 200
+    answering.body = b"[" * 100_000 + b"]" * 100_000
+    assert run("remote", "add", "r", "r-ns", "--endpoint", f"http://127.0.0.1:{answering.port}")[0] == 0  # type: ignore[attr-defined]
+    blobs = sorted(p.name for p in (cones2_home / "blobs" / "sha256").iterdir())
+    for command in COMMANDS[:2]:
+        code, _, err = run(*command)
+        assert code == RemoteError.exit_code, err
+        assert err.startswith("Error: ") and err.count("\n") == 1 and "nested too deeply" in err, err
+    assert sorted(p.name for p in (cones2_home / "blobs" / "sha256").iterdir()) == blobs  # nothing stored
 
 
 def test_server_down_is_one_line(hub_env: None, monkeypatch: pytest.MonkeyPatch) -> None:

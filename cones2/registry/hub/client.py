@@ -97,6 +97,8 @@ def translate(what: str, endpoint: str) -> Iterator[None]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         n = tries_so_far()
         raise RemoteError(f"{what}: {endpoint} answered HTTP {status} (tried {n} time{'s' if n != 1 else ''}): {first}") from None
+    except RecursionError:  # huggingface_hub decodes answers with json.loads: nesting depth is not bounded there
+        raise RemoteError(f"{what}: {endpoint} answered JSON nested too deeply to be a Hub answer") from None
     except (OSError, ValueError) as exc:  # connection errors, cut downloads, bad answers
         n = tries_so_far()
         text = str(exc).splitlines()[0] if str(exc) else ""
