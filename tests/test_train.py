@@ -316,6 +316,22 @@ def test_cli_train_json_and_bad_input(photos: Path, tmp_path: Path) -> None:
     assert missing.exit_code == TrainingError.exit_code and missing.stderr.startswith("Error: checkpoint checkpoint-9: not found")
 
 
+def test_cli_progress_bar_shows_step_and_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.progress import Progress
+
+    from cones2.cli.train import _progress
+    from cones2.train import TrainStep
+
+    updates: list[dict] = []
+    monkeypatch.setattr(Progress, "update", lambda self, task, **fields: updates.append(fields))
+    with _progress(True, 3) as on_step:
+        for step, loss in ((1, 0.51234), (2, 0.25)):
+            on_step(TrainStep(step, 3, loss, loss, 0.0, 0.0, 0.1))
+    assert updates == [{"completed": 1, "loss": "0.5123"}, {"completed": 2, "loss": "0.2500"}]
+    with _progress(False, 3) as silent:  # --json, or stderr not a terminal: no bar
+        assert silent is None
+
+
 def test_gradient_checkpointing_gives_the_same_residual(photos: Path) -> None:
     plain = train_subject([photos], "dog", "dog-a", config=quick(steps=1))
     checkpointed = train_subject([photos], "dog", "dog-b", config=quick(steps=1, gradient_checkpointing=True))
