@@ -50,9 +50,9 @@ def main(home: str | None) -> None:
 
 
 def _register() -> None:
-    from . import base_model, generate, hub, quickstart, registry
+    from . import base_model, generate, hub, quickstart, registry, studio
 
-    for module in (base_model, quickstart, registry, generate, hub):
+    for module in (base_model, quickstart, registry, generate, hub, studio):
         module.register(main)
 
 
