@@ -87,8 +87,8 @@ function drawPickers() {
 
 function canvasPoint(ev) {
   const c = $("#canvas"), r = c.getBoundingClientRect();
-  const x = Math.min(Math.max((ev.clientX - r.left) / r.width, 0), 1);
-  const y = Math.min(Math.max((ev.clientY - r.top) / r.height, 0), 1);
+  const x = Math.min(Math.max((ev.clientX - r.left - c.clientLeft) / c.clientWidth, 0), 1);
+  const y = Math.min(Math.max((ev.clientY - r.top - c.clientTop) / c.clientHeight, 0), 1);
   return [x, y];
 }
 const round4 = (v) => Math.round(v * 10000) / 10000;
