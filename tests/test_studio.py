@@ -41,12 +41,13 @@ def wait(server: Any, job: dict[str, Any]) -> dict[str, Any]:
     return call(server, f"/api/jobs/{job['id']}")[1]
 
 
-@pytest.fixture()
-def studio(tmp_path: Path):
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the module, so the pipeline loads once; the catalogue it reads is each
+    test's own (CONES2_HOME is read per request)."""
     from cones2.studio import serve_in_thread
 
-    (tmp_path / "work").mkdir()
-    server, app, thread = serve_in_thread(folder=tmp_path / "work", port=0)
+    server, app, thread = serve_in_thread(folder=tmp_path_factory.mktemp("work"), port=0)
     yield server
     server.shutdown()
     server.server_close()
@@ -152,10 +153,12 @@ def test_render_shows_image_layout_and_attention_with_progress(studio: Any, dog:
     (page(size=65), 400, "size 65"),
 ])
 def test_render_refusals_are_one_line(studio: Any, dog: str, design: dict, status: int, text: str) -> None:
+    jobs = studio.RequestHandlerClass.studio.jobs
+    before = len(jobs.all())
     got, err = call(studio, "/api/render", design)
     assert got == status and text in err["error"], err
     assert "\n" not in err["error"] and "Traceback" not in err["error"]
-    assert studio.RequestHandlerClass.studio.jobs.all() == []  # nothing queued
+    assert len(jobs.all()) == before  # nothing queued
 
 
 def test_subject_of_another_base_model_is_refused(studio: Any, tmp_path: Path) -> None:
@@ -194,13 +197,13 @@ def test_a_second_render_is_queued_not_lost() -> None:
     q.stop()
 
 
-def test_save_writes_a_composition_that_opens_to_the_same_design(studio: Any, dog: str, tmp_path: Path) -> None:
+def test_save_writes_a_composition_that_opens_to_the_same_design(studio: Any, dog: str) -> None:
     import tomllib
 
     status, out = call(studio, "/api/save", {"design": page(weights={"dog": 3.0})})
     assert status == 200
     path = Path(out["path"])
-    assert path == tmp_path / "work" / "beach.cones2.toml"
+    assert path == studio.RequestHandlerClass.studio.folder / "beach.cones2.toml"
     data = tomllib.loads(path.read_text())
     assert data["format"] == "cones2-composition" and data["prompt"] == PROMPT and data["seeds"] == [3]
     assert data["subjects"] == {"dog": "dog-max"} and data["layout"]["boxes"]["dog"] == [0.1, 0.2, 0.6, 0.9]
