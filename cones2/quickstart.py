@@ -68,8 +68,8 @@ def run_quickstart(
     for i, (word, name) in enumerate(DEMO_SUBJECTS.items()):
         ids = word_token_ids(tokenizer, word)
         tuned = stand_in_tuned_encoder(encoder, ids, seed=seed + i)
-        delta = compute_residual(encoder, tuned, tokenizer, word)
-        rf = make_residual(delta, word, ids, info.fingerprint, {"name": name, "demo": True})
+        delta = compute_residual(encoder, tuned, tokenizer, word, templates="reference")
+        rf = make_residual(delta, word, ids, info.fingerprint, {"name": name, "demo": True}, templates="reference")
         path = rf.save(out_dir / f"{name}.safetensors")
         files[word], sizes[word] = str(path), path.stat().st_size
         residuals[word] = read_residual(path)

@@ -58,6 +58,22 @@ TEMPLATES: tuple[str, ...] = (
     "a {} on the street",
 )
 
+# Named template sets: "reference" is the reference implementation's 27 templates (the
+# first 27 above, in its order; the default), "extended" all 30.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"reference": TEMPLATES[:27], "extended": TEMPLATES}
+DEFAULT_TEMPLATE_SET = "reference"
+
+
+def template_set(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """The templates of a named set, or the given templates themselves."""
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown template set {templates!r} (one of {', '.join(TEMPLATE_SETS)})")
+        return TEMPLATE_SETS[templates]
+    return tuple(templates)
+
 
 @dataclass(frozen=True)
 class SubjectKey:
@@ -256,15 +272,18 @@ def compute_residual(
     tuned_encoder: Any,
     tokenizer: Any,
     word: str,
-    templates: Sequence[str] = TEMPLATES,
+    templates: str | Sequence[str] = DEFAULT_TEMPLATE_SET,
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Mean over ``templates`` of ``tuned(t)[word tokens] - base(t)[word tokens]``.
 
-    Returns a float32 tensor of shape ``(tokens of word, hidden size)``.
+    ``templates``: a set name (``"reference"``, the default: the reference's 27;
+    ``"extended"``: 30) or the templates themselves. Returns a float32 tensor of shape
+    ``(tokens of word, hidden size)``.
     """
     import torch
 
+    templates = template_set(templates)
     if not templates:
         raise TokenLocationError("compute_residual needs at least one template")
     prompts = [t.format(word) for t in templates]

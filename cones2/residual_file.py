@@ -12,6 +12,9 @@ A residual file is a safetensors file with exactly one tensor, ``residual``, of 
 ``base``                the base-model fingerprint (sha256 hex, see base_model)
 ``dtype``               ``"float32"`` or ``"float16"``
 ``meta``                JSON object of free user metadata (may be ``{}``)
+``templates``           optional: the name of the prompt-template set the residual
+                        was averaged over (``"reference"``, ``"extended"``); files
+                        without it (written before the key existed) load as before
 ======================  =====================================================
 
 Reading validates everything and needs neither torch nor transformers (numpy only), so
@@ -53,6 +56,7 @@ class ResidualFile:
     token_ids: tuple[int, ...]
     base_fingerprint: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    templates: str | None = None  # name of the template set, when known
 
     def __post_init__(self) -> None:
         validate_residual_array(self.residual, self.token_ids, source="residual")
@@ -83,6 +87,8 @@ class ResidualFile:
             "dtype": self.dtype,
             "meta": json.dumps(self.metadata, sort_keys=True, separators=(",", ":")),
         }
+        if self.templates is not None:
+            meta["templates"] = self.templates
         return _serialise(np.ascontiguousarray(self.residual), meta)
 
     def sha256(self) -> str:
@@ -101,7 +107,8 @@ class ResidualFile:
     def with_dtype(self, dtype: str) -> ResidualFile:
         if dtype not in _DTYPES:
             raise InvalidResidualError(f"residual: unsupported dtype {dtype!r} (float32 or float16)")
-        return ResidualFile(self.residual.astype(_DTYPES[dtype][1]), self.word, self.token_ids, self.base_fingerprint, dict(self.metadata))
+        return ResidualFile(self.residual.astype(_DTYPES[dtype][1]), self.word, self.token_ids, self.base_fingerprint,
+                            dict(self.metadata), self.templates)
 
 
 def _serialise(array: np.ndarray, meta: dict[str, str]) -> bytes:
@@ -220,7 +227,10 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     word = meta["word"]
     if not isinstance(word, str) or not word or word != word.strip():
         raise InvalidResidualError(f"{source}: invalid subject word {word!r}")
-    return ResidualFile(array, word, tuple(token_ids), base, user_meta)
+    templates = meta.get("templates")
+    if templates is not None and (not isinstance(templates, str) or not templates):
+        raise InvalidResidualError(f"{source}: malformed metadata (templates must be a set name)")
+    return ResidualFile(array, word, tuple(token_ids), base, user_meta, templates)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -253,8 +263,10 @@ def make_residual(
     base_fingerprint: str,
     metadata: Mapping[str, Any] | None = None,
     dtype: str | None = None,
+    templates: str | None = None,
 ) -> ResidualFile:
-    """Build a :class:`ResidualFile` from a numpy array or torch tensor."""
+    """Build a :class:`ResidualFile` from a numpy array or torch tensor (``templates``: the
+    name of the template set it was averaged over, recorded in the file)."""
     if hasattr(residual, "detach"):
         residual = residual.detach().cpu().float().numpy() if dtype != "float16" else residual.detach().cpu().half().numpy()
     array = np.asarray(residual)
@@ -270,7 +282,8 @@ def make_residual(
         json.dumps(dict(metadata or {}))
     except TypeError as exc:
         raise InvalidResidualError(f"residual: metadata must be JSON-serialisable ({exc})") from None
-    return ResidualFile(np.ascontiguousarray(array), word, tuple(int(t) for t in token_ids), base_fingerprint, dict(metadata or {}))
+    return ResidualFile(np.ascontiguousarray(array), word, tuple(int(t) for t in token_ids), base_fingerprint,
+                        dict(metadata or {}), templates)
 
 
 def import_legacy_pt(

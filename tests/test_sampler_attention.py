@@ -67,8 +67,10 @@ def _eager_reference(attn, hidden, text, W, eta, sigma, cond_rows):
     q, k, v = heads(q), heads(k), heads(v)
     scores = q @ k.transpose(-1, -2)  # raw QK^T, (B, H, Q, K)
     cond = scores[cond_rows]
-    std = torch.std(cond)  # over the whole conditional score tensor of the call
-    bias = eta * W * math.log(1 + sigma**2) * std  # (rows|1, Q, K), shared across heads
+    # per image: over the whole score tensor of one conditional row (all heads), as the
+    # reference computes it when it renders one image per call
+    std = torch.stack([torch.std(row) for row in cond])[:, None, None]
+    bias = eta * W * math.log(1 + sigma**2) * std  # (rows, Q, K), shared across heads
     biased = scores.clone()
     biased[cond_rows] = cond + bias[:, None]
     probs = torch.softmax(biased * (1.0 / math.sqrt(d)), dim=-1)

@@ -69,7 +69,9 @@ def test_generate_registry_ref_and_colour_layout(tmp_path, dog_file):
     assert "demo model" in result.output
     meta = json.loads(Image.open(tmp_path / "o.png").text["cones2"])
     assert meta["subjects"]["dog"]["name"] == "dog-max" and meta["subjects"]["dog"]["version"] == 1
-    assert meta["layout"][0]["weight_in"] == 3.0 and meta["settings"]["scheduler"] == "EulerDiscreteScheduler"
+    assert meta["layout"][0]["weight_in"] == 3.0 and meta["settings"]["scheduler"] == "euler"
+    assert meta["settings"]["scheduler_class"] == "EulerDiscreteScheduler" and meta["settings"]["preset"] == "reference"
+    assert meta["settings"]["overridden"] == ["scheduler", "steps"]
 
 
 @pytest.mark.parametrize("args, code, text", [

@@ -52,13 +52,17 @@ def test_reproduces_stock_pipeline(pipe):
     stock = StableDiffusionPipeline(**pipe.components)
     stock.set_progress_bar_config(disable=True)
     want = stock(PROMPT, num_inference_steps=3, generator=torch.Generator().manual_seed(5), output_type="np").images
-    got = pipe(PROMPT, num_inference_steps=3, seed=5, output_type="np")
+    got = pipe(PROMPT, preset="cones2", num_inference_steps=3, seed=5, output_type="np")
     assert np.array_equal(want, got.images)
     assert got.info["unet_evaluations"] == 3 and got.info["guided_steps"] == 0
-    # two images per prompt and a negative prompt follow the stock pipeline too
-    want2 = stock(PROMPT, negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(1), output_type="np").images
-    got2 = pipe(PROMPT, negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=2, seed=1, output_type="np").images
+    # two images per prompt with a negative prompt: image k is the stock image of seed 1 + k
+    want2 = np.concatenate([
+        stock(PROMPT, negative_prompt="blurry", num_inference_steps=2, generator=torch.Generator().manual_seed(s),
+              output_type="np").images
+        for s in (1, 2)
+    ])
+    got2 = pipe(PROMPT, preset="cones2", negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=2,
+                seed=1, output_type="np").images
     assert np.array_equal(want2, got2)
 
 
@@ -74,11 +78,11 @@ def test_self_recurrence_costs_one_evaluation_per_guided_step(pipe, scheduler):
     hook = pipe.unet.register_forward_pre_hook(count)
     try:
         kw = dict(num_inference_steps=4, guidance_steps=3, seed=0, output_type="latent")
-        off = pipe(PROMPT, layout=layout, self_recurrence=False, **kw)
+        off = pipe(PROMPT, preset="cones2", layout=layout, self_recurrence=False, **kw)
         n_off, calls["n"] = calls["n"], 0
-        on = pipe(PROMPT, layout=layout, self_recurrence=True, **kw)
+        on = pipe(PROMPT, preset="cones2", layout=layout, self_recurrence=True, **kw)
         n_on, calls["n"] = calls["n"], 0
-        split = pipe(PROMPT, layout=layout, self_recurrence=True, separate_cfg=True, **kw)
+        split = pipe(PROMPT, preset="cones2", layout=layout, self_recurrence=True, separate_cfg=True, **kw)
         n_split = calls["n"]
     finally:
         hook.remove()
@@ -108,8 +112,8 @@ def test_guidance_moves_attention_into_regions(pipe):
     _scheduler(pipe, "ddim")
     layout = Layout.from_boxes(BOXES)
     kw = dict(num_inference_steps=4, seed=0, output_type="latent", return_attention_maps=True)
-    guided = pipe(PROMPT, layout=layout, **kw)
-    plain = pipe(PROMPT, attention_words=list(BOXES), **kw)
+    guided = pipe(PROMPT, preset="cones2", layout=layout, **kw)
+    plain = pipe(PROMPT, preset="cones2", attention_words=list(BOXES), **kw)
     assert plain.info["guided_steps"] == 0
     cells = layout.cells(32, 32)
     for word in BOXES:
@@ -123,13 +127,13 @@ def test_subjects_from_objects_files_and_registry(pipe, residuals, tmp_path):
 
     _scheduler(pipe, "ddim")
     kw = dict(num_inference_steps=2, seed=0, output_type="np")
-    base = pipe(PROMPT, **kw).images
-    with_obj = pipe(PROMPT, subjects=dict(residuals), **kw)
+    base = pipe(PROMPT, preset="cones2", **kw).images
+    with_obj = pipe(PROMPT, preset="cones2", subjects=dict(residuals), **kw)
     assert not np.array_equal(base, with_obj.images)
     path = residuals["dog"].save(tmp_path / "dog.safetensors")
     with open_catalogue() as cat:
         cat.add(residuals["mug"], "mug-red")
-    out = pipe(PROMPT, subjects={"dog": str(path), "mug": "mug-red@1"}, **kw)
+    out = pipe(PROMPT, preset="cones2", subjects={"dog": str(path), "mug": "mug-red@1"}, **kw)
     assert np.array_equal(out.images, with_obj.images)
     info = out.info["subjects"]
     assert info["dog"]["source"] == "file" and info["dog"]["sha256"] == residuals["dog"].sha256()
@@ -143,15 +147,15 @@ def test_subject_refusals(pipe, residuals):
 
     other = make_residual(residuals["dog"].residual, "dog", residuals["dog"].token_ids, "0" * 64)
     with pytest.raises(BaseModelMismatchError):
-        pipe(PROMPT, subjects={"dog": other}, num_inference_steps=1, output_type="latent")
+        pipe(PROMPT, preset="cones2", subjects={"dog": other}, num_inference_steps=1, output_type="latent")
     with pytest.raises(TokenLocationError, match="learned for the word"):
-        pipe(PROMPT, subjects={"mug": residuals["dog"]}, num_inference_steps=1, output_type="latent")
+        pipe(PROMPT, preset="cones2", subjects={"mug": residuals["dog"]}, num_inference_steps=1, output_type="latent")
     # Right word, token ids of another word (e.g. a residual made with another tokenizer).
     mislabelled = make_residual(residuals["dog"].residual, "mug", residuals["dog"].token_ids, residuals["dog"].base_fingerprint)
     with pytest.raises(TokenLocationError, match=r"token ids \[\d+\] are not 'mug' in this tokenizer"):
-        pipe(PROMPT, subjects={"mug": mislabelled}, num_inference_steps=1, output_type="latent")
+        pipe(PROMPT, preset="cones2", subjects={"mug": mislabelled}, num_inference_steps=1, output_type="latent")
     with pytest.raises(LayoutError, match="cat"):
-        pipe(PROMPT, layout=Layout.from_boxes({"cat": (0, 0, 1, 1)}), num_inference_steps=1, output_type="latent")
+        pipe(PROMPT, preset="cones2", layout=Layout.from_boxes({"cat": (0, 0, 1, 1)}), num_inference_steps=1, output_type="latent")
 
 
 def test_second_order_scheduler_refused_for_self_recurrence(pipe):
@@ -163,7 +167,7 @@ def test_second_order_scheduler_refused_for_self_recurrence(pipe):
     pipe.scheduler = HeunDiscreteScheduler.from_config(default.config)
     try:
         with pytest.raises(UsageError, match="first-order"):
-            pipe(PROMPT, layout=Layout.from_boxes(BOXES), num_inference_steps=2, output_type="latent")
+            pipe(PROMPT, preset="cones2", layout=Layout.from_boxes(BOXES), num_inference_steps=2, output_type="latent")
     finally:
         pipe.scheduler = default
 
@@ -173,7 +177,7 @@ def test_attention_maps_saved(pipe, tmp_path):
 
     _scheduler(pipe, "ddim")
     layout = Layout.from_boxes(BOXES)
-    out = pipe(PROMPT, layout=layout, num_inference_steps=2, seed=0, return_attention_maps=True)
+    out = pipe(PROMPT, preset="cones2", layout=layout, num_inference_steps=2, seed=0, return_attention_maps=True)
     files = save_attention_maps(tmp_path, out.images, out.attention_maps, layout=layout)
     names = {p.name for p in files}
     assert {"layout.png", "image-0-attention-dog.png", "image-0-attention-mug.png", "image-0-attention.png"} <= names

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from ..sampler.generate import SCHEDULERS, build_layout
+from ..sampler.generate import build_layout
+from ..sampler.presets import (
+    COLOUR_MATCHES,
+    GUIDANCE_SIGMAS,
+    LAYOUT_RESIZES,
+    OCCURRENCE_RULES,
+    PRESET_NAMES,
+    SCHEDULER_NAMES,
+)
 from ._output import emit, json_option
 
 
@@ -17,21 +25,27 @@ from ._output import emit, json_option
 @click.option("--mask", "masks", multiple=True, metavar="WORD=PATH", help="Binary mask image for WORD (white = inside). Repeatable.")
 @click.option("--layout-image", type=click.Path(dir_okay=False), default=None, help="Colour-coded layout image.")
 @click.option("--colour", "--color", "colours", multiple=True, metavar="R,G,B=WORD[:WEIGHT]", help="Colour of WORD in --layout-image. Repeatable.")
-@click.option("--tolerance", type=float, default=None, help="Colour matching distance (RGB, default 60).")
+@click.option("--tolerance", type=float, default=None, help="Colour matching distance (RGB, default 60); implies --colour-match nearest.")
 @click.option("--weight", "weights", multiple=True, metavar="WORD=IN[,OUT]", help="Inside (and outside) weight of WORD's region (default 2.5, -1e8).")
 @click.option("--overlap", type=click.Choice(["share", "last", "error"]), default="share", show_default=True, help="What a pixel in several regions means.")
 @click.option("--model", default=None, help="Base model folder or Hub id (default: configured, else the demo model).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--cfg", "guidance_scale", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--guidance-weight", type=float, default=0.08, show_default=True, help="Layout guidance weight eta.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image k uses seed + k.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="reference", show_default=True,
+              help="Sampler settings: reference (what the Cones-V2 code renders) or cones2 (its refinements). The options below override single settings.")
+@click.option("--steps", type=int, default=None, help="Sampling steps (preset: 50).")
+@click.option("--cfg", "guidance_scale", type=float, default=None, help="Classifier-free guidance scale (preset: 7.5).")
+@click.option("--guidance-weight", type=float, default=None, help="Layout guidance weight eta (preset: 0.08).")
 @click.option("--guidance-steps", type=int, default=None, help="Guided steps (default: all).")
-@click.option("--self-recurrence/--no-self-recurrence", default=True, show_default=True)
+@click.option("--self-recurrence/--no-self-recurrence", default=None, help="Self-recurrence on guided steps (preset: on).")
+@click.option("--guidance-sigma", type=click.Choice(GUIDANCE_SIGMAS), default=None, help="Bias sigma: from a guidance-steps-long schedule (reference) or the current step (cones2).")
+@click.option("--layout-resize", type=click.Choice(LAYOUT_RESIZES), default=None, help="Weight map resizing: bilinear (reference) or area (cones2).")
+@click.option("--colour-match", "--color-match", "colour_match", type=click.Choice(COLOUR_MATCHES), default=None, help="Layout colours: exact (reference) or nearest within --tolerance (cones2).")
+@click.option("--occurrences", type=click.Choice(OCCURRENCE_RULES), default=None, help="A word's layout weight on every occurrence (reference) or the named one (cones2).")
 @click.option("--negative-prompt", default=None)
 @click.option("--height", type=int, default=None)
 @click.option("--width", type=int, default=None)
 @click.option("--num-images", type=int, default=1, show_default=True)
-@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="default", show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default=None, help="reference (LMS order 1 on linspace timesteps), default (the model's), or a family (preset decides).")
 @click.option("--device", default=None, help="cpu, cuda, mps (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float16 on GPU, float32 on CPU.")
 @click.option("-o", "--output", default="cones2.png", show_default=True, type=click.Path(dir_okay=False), help="Output PNG (numbered when --num-images > 1).")
@@ -39,10 +53,12 @@ from ._output import emit, json_option
 @json_option
 def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pixels: bool, masks: tuple[str, ...],
              layout_image: str | None, colours: tuple[str, ...], tolerance: float | None, weights: tuple[str, ...],
-             overlap: str, model: str | None, seed: int, steps: int, guidance_scale: float, guidance_weight: float,
-             guidance_steps: int | None, self_recurrence: bool, negative_prompt: str | None, height: int | None,
-             width: int | None, num_images: int, scheduler: str, device: str | None, dtype: str | None, output: str,
-             attention_dir: str | None, as_json: bool) -> None:
+             overlap: str, model: str | None, seed: int, preset: str, steps: int | None,
+             guidance_scale: float | None, guidance_weight: float | None, guidance_steps: int | None,
+             self_recurrence: bool | None, guidance_sigma: str | None, layout_resize: str | None,
+             colour_match: str | None, occurrences: str | None, negative_prompt: str | None, height: int | None,
+             width: int | None, num_images: int, scheduler: str | None, device: str | None, dtype: str | None,
+             output: str, attention_dir: str | None, as_json: bool) -> None:
     """Generate an image of PROMPT with subject residuals placed by a layout."""
     from ..sampler.generate import generate_images
 
@@ -51,7 +67,9 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
         tolerance=tolerance, weights=weights, overlap=overlap, model=model, seed=seed, steps=steps,
         guidance_scale=guidance_scale, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
         self_recurrence=self_recurrence, negative_prompt=negative_prompt, height=height, width=width,
-        num_images=num_images, scheduler=scheduler, device=device, dtype=dtype, output=output,
+        num_images=num_images, scheduler=scheduler, preset=preset, guidance_sigma=guidance_sigma,
+        layout_resize=layout_resize, colour_match=colour_match, occurrences=occurrences, device=device, dtype=dtype,
+        output=output,
         attention_dir=attention_dir, progress=not as_json,
     )
 

@@ -2,8 +2,10 @@
 
 In every cross-attention layer, for the conditional rows only, the raw scores ``QK^T``
 get the bias ``eta * W[pixel, token] * log(1 + sigma^2) * std(QK^T)`` before the usual
-scale and softmax. ``std`` is taken over the whole score tensor of the conditional
-rows of that call (all heads; unbiased, as ``torch.std``), ``W`` is the layout weight
+scale and softmax. ``std`` is taken per image: over the whole score tensor of one
+conditional row of the batch (all heads, pixels and tokens; unbiased, as ``torch.std``),
+as the reference computes it when it renders one image at a time, so an image does not
+depend on the others in its batch. ``W`` is the layout weight
 map at the layer's resolution, ``sigma`` the current step's noise level.
 
 Per-call data travels as the explicit processor parameter ``cones2`` through
@@ -94,13 +96,18 @@ class GuidanceCall:
         return base
 
 
-def guidance_bias(scores: torch.Tensor, W: torch.Tensor, eta: float, sigma: float) -> torch.Tensor:
-    """``eta * W * log(1 + sigma^2) * std(scores)`` as ``(rows|1, 1, Q, K)`` float32.
+def per_image_std(scores: torch.Tensor) -> torch.Tensor:
+    """Unbiased std of each row's whole score tensor: ``(rows, ...)`` -> ``(rows, 1, 1, 1)`` float32."""
+    return scores.float().flatten(1).std(dim=1).view(-1, 1, 1, 1)
 
-    ``scores`` are the raw, unscaled ``QK^T`` of the conditional rows, ``(rows, heads, Q, K)``.
+
+def guidance_bias(scores: torch.Tensor, W: torch.Tensor, eta: float, sigma: float) -> torch.Tensor:
+    """``eta * W * log(1 + sigma^2) * std(scores)`` as ``(rows, 1, Q, K)`` float32.
+
+    ``scores`` are the raw, unscaled ``QK^T`` of the conditional rows, ``(rows, heads, Q, K)``;
+    the std is taken per row (image), see :func:`per_image_std`.
     """
-    std = scores.float().std()
-    return (eta * math.log1p(sigma**2)) * std * W[:, None, :, :]
+    return (eta * math.log1p(sigma**2)) * per_image_std(scores) * W[:, None, :, :]
 
 
 class Cones2AttnProcessor:
@@ -186,9 +193,11 @@ class Cones2AttnProcessor:
             raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
 
         if W is not None and not self.eager:
-            # std of the conditional rows' raw QK^T, in float32 (raw fp16 scores can overflow)
+            # std of each conditional row's raw QK^T, in float32 (raw fp16 scores can overflow);
+            # the unconditional rows' mask is zero, their factor is 1
             scores = query[start:].float() @ key[start:].float().transpose(-1, -2)
-            std = scores.std()
+            std = torch.ones(batch_size, 1, 1, 1, device=query.device, dtype=torch.float32)
+            std[start:] = per_image_std(scores)
             mask = (call.mask_base(W, batch_size, start, scale, query.dtype) * std.to(query.dtype))[..., :k_len]
             if attention_mask is not None:
                 mask = mask + attention_mask

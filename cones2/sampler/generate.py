@@ -2,7 +2,10 @@
 
 Takes subjects as ``WORD=REF`` strings and a layout as box/mask/colour options (the
 shapes a command line or a config file gives), runs :class:`Cones2Pipeline`, and writes
-PNGs whose text metadata records everything needed to reproduce them.
+PNGs whose text metadata records everything needed to reproduce them: the sampler
+settings (the preset and every setting it implied, see :mod:`cones2.sampler.presets`)
+are built once here and passed to the pipeline as one ``settings=`` object.
+Image ``k`` of ``--num-images N`` is the image of seed ``seed + k`` (recorded per PNG).
 """
 
 from __future__ import annotations
@@ -13,15 +16,6 @@ from typing import Any
 
 from ..errors import UsageError
 from ..fsutil import check_writable_folder
-
-SCHEDULERS = {
-    "default": None,
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-}
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -46,7 +40,7 @@ def build_layout(
     tolerance: float | None = None,
 ) -> Any:
     """A :class:`~cones2.sampler.Layout` from CLI-style options, or None when none is given."""
-    from ..sampler.layout import DEFAULT_COLOUR_TOLERANCE, Layout, parse_box
+    from ..sampler.layout import Layout, parse_box
 
     weight_map: dict[str, tuple[float, float] | float] = {}
     for word, text in _pairs(weights, "--weight"):
@@ -77,7 +71,8 @@ def build_layout(
                 colour_map[colour] = (word, float(weight)) if weight else word
             except ValueError:
                 raise UsageError(f"--colour {colour}={target}: use R,G,B=WORD[:WEIGHT] with a number as WEIGHT") from None
-        parts.append(Layout.from_colour_image(layout_image, colour_map, tolerance=tolerance or DEFAULT_COLOUR_TOLERANCE))
+        # no tolerance: the layout follows the sampler's colour_match setting
+        parts.append(Layout.from_colour_image(layout_image, colour_map, tolerance=tolerance))
     if not parts:
         if weight_map:
             raise UsageError("--weight needs a layout (--box, --mask or --layout-image)")
@@ -95,14 +90,31 @@ def _numbered(path: Path, index: int, count: int) -> Path:
 def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple[str, ...] = (), pixels: bool = False,
                  masks: tuple[str, ...] = (), layout_image: str | None = None, colours: tuple[str, ...] = (),
                  tolerance: float | None = None, weights: tuple[str, ...] = (), overlap: str = "share",
-                 model: str | None = None, seed: int = 0, steps: int = 50, guidance_scale: float = 7.5,
-                 guidance_weight: float = 0.08, guidance_steps: int | None = None, self_recurrence: bool = True,
-                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-                 num_images: int = 1, scheduler: str = "default", device: str | None = None, dtype: str | None = None,
+                 model: str | None = None, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                 guidance_weight: float | None = None, guidance_steps: int | None = None,
+                 self_recurrence: bool | None = None, negative_prompt: str | None = None, height: int | None = None,
+                 width: int | None = None, num_images: int = 1, scheduler: str | None = None, preset: str = "reference",
+                 guidance_sigma: str | None = None, layout_resize: str | None = None, colour_match: str | None = None,
+                 occurrences: str | None = None, device: str | None = None, dtype: str | None = None,
                  output: str = "cones2.png", attention_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """The work behind ``cones2 generate``; returns the JSON-able record."""
-    if steps < 1 or num_images < 1:
+    """The work behind ``cones2 generate``; returns the JSON-able record.
+
+    ``preset`` (default ``reference``) gives every sampler setting; the settings given
+    here (not None) override it. ``tolerance`` without ``colour_match`` means nearest-colour
+    matching within it.
+    """
+    from .presets import resolve_settings
+
+    if (steps is not None and steps < 1) or num_images < 1:
         raise UsageError("--steps and --num-images must be at least 1")
+    if tolerance is not None and colour_match is None:
+        colour_match = "nearest"
+    settings = resolve_settings(
+        preset, steps=steps, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
+        guidance_steps=guidance_steps, self_recurrence=self_recurrence, scheduler=scheduler,
+        guidance_sigma=guidance_sigma, layout_resize=layout_resize, colour_match=colour_match,
+        colour_tolerance=tolerance, occurrences=occurrences,
+    )
     subject_map = dict(_pairs(subjects, "--subject"))
     if len(subject_map) != len(subjects):
         raise UsageError("--subject given twice for one word")
@@ -116,8 +128,7 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     from ..sampler.attention_maps import save_attention_maps
     from ..sampler.pipeline import Cones2Pipeline, check_settings
 
-    check_settings(height=height, width=width, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
-                   tolerance=tolerance)
+    check_settings(height=height, width=width)
     output_path = Path(output)
     for folder_needed in (output_path.parent, Path(attention_dir) if attention_dir is not None else None):
         if folder_needed is not None:
@@ -136,10 +147,6 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     _quiet_loading()
     pipe = Cones2Pipeline.from_pretrained(str(folder), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
     pipe.base_fingerprint = info.fingerprint
-    if SCHEDULERS[scheduler]:
-        import diffusers
-
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     try:
         pipe = pipe.to(device)
     except (RuntimeError, AssertionError) as exc:  # e.g. mps or a CUDA index that is not here
@@ -153,10 +160,8 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
     layout = build_layout(boxes, masks, layout_image, colours, weights, pixels, (height, width), overlap, tolerance)
 
     out = pipe(
-        prompt, subject_map, layout, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
-        self_recurrence=self_recurrence, num_inference_steps=steps, guidance_scale=guidance_scale,
-        negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images, height=height, width=width,
-        return_attention_maps=attention_dir is not None,
+        prompt, subject_map, layout, settings=settings, negative_prompt=negative_prompt, seed=seed,
+        num_images_per_prompt=num_images, height=height, width=width, return_attention_maps=attention_dir is not None,
     )
     record: dict[str, Any] = {
         "prompt": prompt,
@@ -164,10 +169,11 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
         "subjects": out.info["subjects"],
         "layout": out.info["layout"],
         "settings": {
-            "steps": steps, "guidance_scale": guidance_scale, "guidance_weight": guidance_weight,
-            "guidance_steps": out.info["guided_steps"], "self_recurrence": self_recurrence,
-            "scheduler": type(pipe.scheduler).__name__, "height": height, "width": width,
-            "num_images": num_images, "dtype": dtype, "device": device, "overlap": overlap,
+            **settings.to_dict(),  # the preset and every setting it implied
+            "overridden": sorted(settings.differences()),
+            "guided_steps": out.info["guided_steps"], "scheduler_class": out.info["scheduler"],
+            "height": height, "width": width, "num_images": num_images, "dtype": dtype, "device": device,
+            "overlap": overlap,
         },
         "seed": seed,
         "base_model": {
@@ -182,7 +188,7 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
         for i, image in enumerate(out.images):
             meta = PngInfo()
             meta.add_text("prompt", prompt)
-            meta.add_text("cones2", json.dumps({**record, "image_index": i}, sort_keys=True, default=str))
+            meta.add_text("cones2", json.dumps({**record, "image_index": i, "image_seed": seed + i}, sort_keys=True, default=str))
             if info.is_demo:
                 meta.add_text("cones2-demo-model", DEMO_NOTICE)
             path = _numbered(output_path, i, len(out.images))

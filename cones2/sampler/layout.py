@@ -28,8 +28,23 @@ A colour-coded image can not overlap (each pixel has one colour).
 :meth:`Layout.weight_maps` turns the layout into the matrix ``W[pixel, token]`` of
 METHOD.md section 3 for every attention resolution of the UNet: ``weight_in`` /
 ``weight_out`` in the columns of the subject's tokens, 0 in every other column.
-A region is resized to a resolution by area: a cell is inside when at least half of it
-is covered; a region that would vanish keeps its best-covered cell.
+Two resize rules (the sampler setting ``layout_resize``):
+
+* ``"area"`` (cones2): a cell is inside when at least half of it is covered; a region
+  that would vanish keeps its best-covered cell.
+* ``"bilinear"`` (the reference): the full-resolution map of ``weight_in`` / ``weight_out``
+  is resized to each resolution by bilinear interpolation with aligned corners, so a
+  boundary cell mixes towards ``weight_out`` (-1e8) and regions shrink at their edges.
+  Boxes are drawn at the image size first (a pixel is inside at >= 50 % cover).
+
+Two occurrence rules (``occurrences``): ``"named"`` (cones2) weights only the named
+occurrence of a word (the first for a bare ``dog``); ``"all"`` (the reference) weights
+every occurrence of a bare word's tokens, unless another region names one of them
+(``dog#2``), in which case the bare word keeps its first occurrence.
+
+A colour layout built without an explicit ``tolerance`` follows the sampler's
+``colour_match`` setting (:meth:`Layout.matched`): exact RGB matches (the reference)
+or the nearest listed colour within ``colour_tolerance``.
 """
 
 from __future__ import annotations
@@ -49,6 +64,8 @@ DEFAULT_WEIGHT_IN = 2.5
 DEFAULT_WEIGHT_OUT = -1e8
 DEFAULT_COLOUR_TOLERANCE = 60.0
 OVERLAP_RULES = ("share", "last", "error")
+RESIZE_RULES = ("area", "bilinear")
+OCCURRENCE_RULES = ("named", "all")
 _ASPECT_TOLERANCE = 0.02
 
 
@@ -193,6 +210,7 @@ class Layout:
             raise LayoutError(f"layout: unknown overlap rule {overlap!r} (one of {', '.join(OVERLAP_RULES)})")
         self.regions: tuple[Region, ...] = tuple(regions)
         self.overlap = overlap
+        self._rematch: Any = None  # rebuilds a colour layout with another tolerance (see matched())
         if not self.regions:
             raise LayoutError("layout: no regions")
         seen: set[str] = set()
@@ -263,17 +281,22 @@ class Layout:
         image: Any,
         colours: Mapping[Any, str | tuple[str, float]],
         *,
-        tolerance: float = DEFAULT_COLOUR_TOLERANCE,
+        tolerance: float | None = None,
         weight_out: float = DEFAULT_WEIGHT_OUT,
     ) -> Layout:
         """A colour-coded layout; ``colours`` maps a colour to a word or ``(word, inside weight)``.
 
         Each pixel takes the nearest listed colour if it is within ``tolerance``
-        (Euclidean RGB distance); other pixels (background) belong to no subject.
-        Several colours may name one word (their regions are joined).
+        (Euclidean RGB distance; 0 = exact matches only); other pixels (background) belong
+        to no subject. Several colours may name one word (their regions are joined).
+        Without ``tolerance`` the regions are matched within the default 60 here and the
+        sampler re-matches them by its ``colour_match`` setting (:meth:`matched`).
         """
         if not colours:
             raise LayoutError("layout image: no colour -> word map given")
+        follows_settings = tolerance is None
+        if follows_settings:
+            tolerance = DEFAULT_COLOUR_TOLERANCE
         if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < float("inf")):
             raise LayoutError(f"layout image: colour tolerance must be a finite number >= 0, not {tolerance}")
         array = _load_image(image, "layout image")
@@ -307,7 +330,22 @@ class Layout:
         regions = [
             Region(word, mask=m, weight_in=w, weight_out=weight_out, source="colour") for word, (m, w) in per_word.items()
         ]
-        return cls(regions, overlap="share")
+        layout = cls(regions, overlap="share")
+        if follows_settings:
+            layout._rematch = lambda tol: cls.from_colour_image(array, colours, tolerance=tol, weight_out=weight_out)
+        return layout
+
+    def matched(self, colour_match: str, tolerance: float = DEFAULT_COLOUR_TOLERANCE) -> Layout:
+        """This layout with its colours matched by the sampler's rule (``"exact"`` or ``"nearest"``).
+
+        Only a colour layout built without an explicit tolerance changes; every other
+        layout is returned as it is.
+        """
+        if colour_match not in ("exact", "nearest"):
+            raise LayoutError(f"layout: unknown colour match {colour_match!r} (exact or nearest)")
+        if self._rematch is None:
+            return self
+        return self._rematch(0.0 if colour_match == "exact" else float(tolerance))
 
     # ------------------------------------------------------------------ queries
 
@@ -340,6 +378,29 @@ class Layout:
                     out[r.subject] = mine
         return out
 
+    def _full_maps(self, height: int, width: int) -> dict[str, Any]:
+        """Each region's ``weight_in`` / ``weight_out`` map at full resolution (float32 tensors),
+        after the overlap rule; masks keep their own size, boxes are drawn at ``height x width``."""
+        import torch
+
+        inside: dict[str, np.ndarray] = {}
+        for r in self.regions:
+            inside[r.subject] = r.mask if r.mask is not None else r.coverage(height, width) >= 0.5
+        if self.overlap == "last":
+            shapes = {m.shape for m in inside.values()}
+            if len(shapes) == 1:
+                taken = np.zeros(next(iter(shapes)), dtype=bool)
+                for r in reversed(self.regions):
+                    mine = inside[r.subject] & ~taken
+                    taken |= inside[r.subject]
+                    if mine.any():
+                        inside[r.subject] = mine
+        return {
+            r.subject: torch.where(torch.from_numpy(np.ascontiguousarray(inside[r.subject])),
+                                   torch.tensor(r.weight_in), torch.tensor(r.weight_out)).float()
+            for r in self.regions
+        }
+
     def _refuse_overlaps(self) -> None:
         h, w = self.size or (64, 64)
         cells = {r.subject: r.coverage(h, w) > 0 for r in self.regions}
@@ -349,16 +410,24 @@ class Layout:
                 if (cells[a] & cells[b]).any():
                     raise LayoutError(f"layout: regions {a!r} and {b!r} overlap (overlap rule 'error')")
 
-    def positions(self, tokenizer: Any, prompt: str) -> dict[str, list[int]]:
-        """Token positions of every region's subject in ``prompt``."""
-        from ..residual import SubjectKey, locate_word
+    def positions(self, tokenizer: Any, prompt: str, occurrences: str = "named") -> dict[str, list[int]]:
+        """Token positions of every region's subject in ``prompt`` (see the occurrence rules)."""
+        from ..residual import SubjectKey, find_occurrences, locate_word, word_token_ids
 
+        if occurrences not in OCCURRENCE_RULES:
+            raise LayoutError(f"layout: unknown occurrence rule {occurrences!r} (one of {', '.join(OCCURRENCE_RULES)})")
+        keys = {r.subject: SubjectKey.parse(r.subject) for r in self.regions}
+        named_words = {k.word for k in keys.values() if k.occurrence is not None}
         found: dict[str, list[int]] = {}
         claimed: dict[int, str] = {}
         for r in self.regions:
-            key = SubjectKey.parse(r.subject)
+            key = keys[r.subject]
             try:
                 pos = locate_word(tokenizer, prompt, key.word, key.occurrence)
+                if occurrences == "all" and key.occurrence is None and key.word not in named_words:
+                    ids = word_token_ids(tokenizer, key.word)
+                    row = tokenizer(prompt, truncation=True, max_length=getattr(tokenizer, "model_max_length", 77)).input_ids
+                    pos = [s + j for s in find_occurrences(row, ids, tokenizer) for j in range(len(ids))]
             except TokenLocationError as exc:
                 raise LayoutError(f"layout region {r.subject!r}: {exc}") from None
             for p in pos:
@@ -375,26 +444,47 @@ class Layout:
         grids: Iterable[tuple[int, int]],
         *,
         num_tokens: int | None = None,
+        resize: str = "area",
+        occurrences: str = "named",
+        image_size: tuple[int, int] | None = None,
     ) -> dict[int, Any]:
         """``{h*w: W}`` with ``W`` a float32 tensor ``(rows, h*w, tokens)`` per grid ``(h, w)``.
 
-        ``rows`` is 1 for a single prompt, else one row per prompt.
+        ``rows`` is 1 for a single prompt, else one row per prompt. ``resize`` and
+        ``occurrences`` are the rules of the module docstring; ``image_size``
+        ``(height, width)`` is where boxes are drawn for the bilinear rule (default: the
+        layout's size, else 8 times the finest grid).
         """
         import torch
 
+        if resize not in RESIZE_RULES:
+            raise LayoutError(f"layout: unknown resize rule {resize!r} (one of {', '.join(RESIZE_RULES)})")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        grids = list(grids)
         num_tokens = num_tokens or int(getattr(tokenizer, "model_max_length", 77))
-        per_prompt = [self.positions(tokenizer, p) for p in prompts]
+        per_prompt = [self.positions(tokenizer, p, occurrences) for p in prompts]
         if len(set(map(_freeze, per_prompt))) == 1:
             per_prompt = per_prompt[:1]
+        full = None
+        if resize == "bilinear":
+            fh, fw = image_size or self.size or (8 * max(g[0] for g in grids), 8 * max(g[1] for g in grids))
+            full = self._full_maps(fh, fw)
         maps: dict[int, Any] = {}
         for h, w in grids:
-            cells = self.cells(h, w)
+            columns: dict[str, Any] = {}
+            if full is not None:
+                for r in self.regions:
+                    resized = torch.nn.functional.interpolate(full[r.subject][None, None], size=(h, w), mode="bilinear", align_corners=True)
+                    columns[r.subject] = resized.reshape(-1)
+            else:
+                cells = self.cells(h, w)
+                for r in self.regions:
+                    inside = torch.from_numpy(cells[r.subject].reshape(-1))
+                    columns[r.subject] = torch.where(inside, torch.tensor(r.weight_in), torch.tensor(r.weight_out)).float()
             out = torch.zeros(len(per_prompt), h * w, num_tokens, dtype=torch.float32)
             for row, positions in enumerate(per_prompt):
                 for r in self.regions:
-                    inside = torch.from_numpy(cells[r.subject].reshape(-1))
-                    column = torch.where(inside, torch.tensor(r.weight_in), torch.tensor(r.weight_out)).float()
+                    column = columns[r.subject]
                     for p in positions[r.subject]:
                         if p >= num_tokens:
                             raise LayoutError(f"layout region {r.subject!r}: token {p} beyond the {num_tokens}-token context")
@@ -413,7 +503,11 @@ class Layout:
                 w_in, w_out = _weights(r.subject, weights, r.weight_out)
                 r = replace(r, weight_in=w_in, weight_out=w_out)
             regions.append(r)
-        return Layout(regions, overlap=self.overlap, size=self.size)
+        out = Layout(regions, overlap=self.overlap, size=self.size)
+        if self._rematch is not None:
+            rematch = self._rematch
+            out._rematch = lambda tol: rematch(tol).with_weights(weights)
+        return out
 
     def describe(self) -> list[dict[str, Any]]:
         """JSON-friendly description (for image metadata and ``--json``)."""

@@ -12,13 +12,23 @@ its denoising loop for the two things Cones 2 adds (METHOD.md sections 2 and 3):
   ``sqrt(sigma_t^2 - sigma_{t-1}^2)``, the scheduler's state is restored and the step is
   taken again (one extra UNet evaluation per guided step).
 
+Every call samples with one :class:`~cones2.sampler.presets.SamplerSettings`: a preset
+(``reference``, the default: what the reference code renders; or ``cones2``) with single
+settings overridden by keyword. The scheduler is chosen per call from the settings
+(:mod:`cones2.sampler.schedules`; ``scheduler="default"`` uses ``pipe.scheduler``) and
+``pipe.scheduler`` is left as it was.
+
+Seeds: with ``seed``, image ``k`` of the batch draws all its random numbers from its own
+CPU generator seeded ``seed + k``, and the attention std is taken per image, so image
+``k`` equals the single image rendered with seed ``seed + k``, bit for bit on CPU.
+
 Sigmas come from ``scheduler.sigmas`` when the scheduler has one per step, else from
 ``alphas_cumprod`` (``sqrt((1 - a) / a)``). Schedulers whose latents are variance
 preserving (DDIM, PNDM, DPM-Solver: ``init_noise_sigma == 1``) hold
 ``x / sqrt(1 + sigma^2)``; the re-noising converts to sigma space and back.
 
-With no subjects and no layout the pipeline computes exactly what
-``StableDiffusionPipeline`` computes for the same seed.
+With no subjects and no layout, ``scheduler="default"`` and the same generators, the
+pipeline computes exactly what ``StableDiffusionPipeline`` computes.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from ..errors import TokenLocationError, UsageError
 from .attention import GuidanceCall, install, restore
 from .attention_maps import AttentionRecorder
 from .layout import Layout, latent_grids
+from .presets import SamplerSettings, resolve_settings
+from .schedules import guidance_sigmas, image_generators, scheduler_for
 
 
 def check_settings(*, height: int | None = None, width: int | None = None, **numbers: float | None) -> None:
@@ -235,18 +247,121 @@ class Cones2Pipeline(StableDiffusionPipeline):
 
     # ------------------------------------------------------------------ call
 
+    @staticmethod
+    def call_settings(settings: SamplerSettings | None = None, preset: str | None = None, **overrides: Any) -> SamplerSettings:
+        """The settings of one call: ``settings`` or the named ``preset`` (default ``reference``),
+        with every override that is not None applied (pipeline names accepted:
+        ``num_inference_steps`` = ``steps``)."""
+        if settings is not None and preset is not None:
+            raise UsageError("give either settings or preset, not both")
+        if settings is not None and not isinstance(settings, SamplerSettings):
+            raise UsageError(f"settings must be a SamplerSettings, not {type(settings).__name__}")
+        if "num_inference_steps" in overrides:
+            overrides["steps"] = overrides.pop("num_inference_steps")
+        return resolve_settings(settings if settings is not None else (preset or "reference"), **overrides)
+
     @torch.no_grad()
-    def __call__(  # noqa: C901 - one readable loop
+    def __call__(
         self,
         prompt: str | list[str],
         subjects: Mapping[str, Any] | None = None,
         layout: Layout | None = None,
         *,
-        guidance_weight: float = 0.08,
+        settings: SamplerSettings | None = None,
+        preset: str | None = None,
+        guidance_weight: float | None = None,
         guidance_steps: int | None = None,
-        self_recurrence: bool = True,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        self_recurrence: bool | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        guidance_sigma: str | None = None,
+        layout_resize: str | None = None,
+        colour_match: str | None = None,
+        colour_tolerance: float | None = None,
+        occurrences: str | None = None,
+        **kwargs: Any,
+    ) -> Cones2PipelineOutput | tuple:
+        """Generate images with one call's :class:`SamplerSettings`.
+
+        ``settings`` (or ``preset``, default ``"reference"``) gives every sampler setting;
+        the keyword arguments after it override single ones (None = the preset's value).
+        ``subjects`` maps a subject key (``"dog"``, ``"dog#2"``) to a residual: a
+        :class:`~cones2.residual_file.ResidualFile`, a path to a residual file, a registry
+        ref (``dog-max``, ``dog-max@3``, ``dog-max:stable``) or a tensor. ``layout`` gives
+        their regions; guidance (weight ``guidance_weight``, the first ``guidance_steps``
+        steps, default all) and self-recurrence only run with a layout. The other keyword
+        arguments are those of :meth:`sample`.
+        """
+        chosen = self.call_settings(
+            settings, preset, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
+            self_recurrence=self_recurrence, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            scheduler=scheduler, guidance_sigma=guidance_sigma, layout_resize=layout_resize, colour_match=colour_match,
+            colour_tolerance=colour_tolerance, occurrences=occurrences,
+        )
+        own = self.scheduler
+        sampler, step_kwargs = scheduler_for(own, chosen.scheduler)
+        if sampler is not own:
+            self.scheduler = sampler
+        try:
+            if self._one_at_a_time(prompt, kwargs):
+                return self._sample_each(prompt, subjects, layout, chosen, step_kwargs, kwargs)
+            return self.sample(prompt, subjects, layout, settings=chosen, step_kwargs=step_kwargs, **kwargs)
+        finally:
+            if self.scheduler is not own:
+                self.scheduler = own
+
+    def _one_at_a_time(self, prompt: str | list[str], kwargs: dict[str, Any]) -> bool:
+        """A batch on CPU is rendered image by image (same result as single calls, bit for bit;
+        batched CPU kernels round differently). A single generator shared by the batch, or an
+        accelerator, keeps the batched path."""
+        n = (1 if isinstance(prompt, str) else len(prompt)) * int(kwargs.get("num_images_per_prompt", 1))
+        gen = kwargs.get("generator")
+        if n < 2 or self._execution_device.type != "cpu" or (gen is not None and not isinstance(gen, list)):
+            return False
+        return gen is not None or kwargs.get("seed") is not None
+
+    def _sample_each(self, prompt: str | list[str], subjects: Any, layout: Any, settings: SamplerSettings,
+                     step_kwargs: dict[str, Any], kwargs: dict[str, Any]) -> Cones2PipelineOutput | tuple:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        per = int(kwargs.pop("num_images_per_prompt", 1))
+        negative, gens = kwargs.pop("negative_prompt", None), kwargs.pop("generator", None)
+        seed, latents = kwargs.pop("seed", None), kwargs.pop("latents", None)
+        return_dict = kwargs.pop("return_dict", True)
+        outs = []
+        for k in range(len(prompts) * per):
+            one = dict(kwargs, negative_prompt=negative[k // per] if isinstance(negative, list) else negative)
+            if gens is not None:
+                one["generator"] = gens[k]
+            else:
+                one["seed"] = int(seed) + k
+            if latents is not None:
+                one["latents"] = latents[k : k + 1]
+            outs.append(self.sample(prompts[k // per], subjects, layout, settings=settings, step_kwargs=step_kwargs, **one))
+        first = outs[0]
+        if isinstance(first.images, list):
+            images: Any = [im for o in outs for im in o.images]
+        elif isinstance(first.images, np.ndarray):
+            images = np.concatenate([o.images for o in outs])
+        else:
+            images = torch.cat([o.images for o in outs])
+        nsfw = None if first.nsfw_content_detected is None else [x for o in outs for x in o.nsfw_content_detected]
+        if not return_dict:
+            return (images, nsfw)
+        maps = None
+        if first.attention_maps is not None:
+            maps = {key: np.concatenate([o.attention_maps[key] for o in outs]) for key in first.attention_maps}
+        info = dict(first.info, unet_evaluations=sum(o.info["unet_evaluations"] for o in outs), images_one_at_a_time=True)
+        return Cones2PipelineOutput(images=images, nsfw_content_detected=nsfw, attention_maps=maps, info=info)
+
+    def sample(  # noqa: C901 - one readable loop
+        self,
+        prompt: str | list[str],
+        subjects: Mapping[str, Any] | None,
+        layout: Layout | None,
+        *,
+        settings: SamplerSettings,
+        step_kwargs: dict[str, Any] | None = None,
         negative_prompt: str | list[str] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | None = None,
@@ -262,21 +377,15 @@ class Cones2Pipeline(StableDiffusionPipeline):
         separate_cfg: bool = False,
         eager_attention: bool = False,
     ) -> Cones2PipelineOutput | tuple:
-        """Generate images.
+        """Sample with ``settings`` on the scheduler now in ``self.scheduler`` (see :meth:`__call__`).
 
-        ``subjects`` maps a subject key (``"dog"``, ``"dog#2"``) to a residual: a
-        :class:`~cones2.residual_file.ResidualFile`, a path to a residual file, a registry
-        ref (``dog-max``, ``dog-max@3``, ``dog-max:stable``) or a tensor. ``layout`` gives
-        their regions; guidance (weight ``guidance_weight``, the first ``guidance_steps``
-        steps, default all) and self-recurrence only run with a layout.
-        ``seed`` makes a CPU generator when ``generator`` is not given.
-        ``separate_cfg`` and ``eager_attention`` re-create the reference's execution
-        scheme (two UNet calls per step, eager attention everywhere) for benchmarks.
+        ``seed`` makes one CPU generator per image, seeded ``seed + k``, when ``generator``
+        is not given. ``separate_cfg`` and ``eager_attention`` re-create the reference's
+        execution scheme (two UNet calls per step, eager attention everywhere) for benchmarks.
         """
-        if guidance_steps is not None and guidance_steps < 0:
-            raise UsageError("guidance_steps must be >= 0")
-        if num_inference_steps < 1:
-            raise UsageError("num_inference_steps must be >= 1")
+        num_inference_steps, guidance_scale = settings.steps, settings.guidance_scale
+        guidance_weight, guidance_steps = settings.guidance_weight, settings.guidance_steps
+        self_recurrence = settings.self_recurrence
         if layout is not None and not isinstance(layout, Layout):
             raise UsageError(f"layout must be a cones2 Layout, not {type(layout).__name__}")
         check_settings(height=height, width=width, guidance_scale=guidance_scale, guidance_weight=guidance_weight, eta=eta)
@@ -286,15 +395,15 @@ class Cones2Pipeline(StableDiffusionPipeline):
             height = height or size * self.vae_scale_factor
             width = width or size * self.vae_scale_factor
         self.check_inputs(prompt, height, width, None, negative_prompt, None, None, None, None, None)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if generator is None and seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            generator = image_generators(int(seed), len(prompts) * num_images_per_prompt)
 
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
         self._clip_skip = None
         self._cross_attention_kwargs = None
         self._interrupt = False
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if isinstance(negative_prompt, str):
             negative_prompt = [negative_prompt] * len(prompts)
         device = self._execution_device
@@ -322,7 +431,7 @@ class Cones2Pipeline(StableDiffusionPipeline):
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
         batch = len(prompts) * num_images_per_prompt
         latents = self.prepare_latents(batch, self.unet.config.in_channels, height, width, embeds.dtype, device, generator, latents)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = {**self.prepare_extra_step_kwargs(generator, eta), **(step_kwargs or {})}
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
             scale_tensor = torch.tensor(self.guidance_scale - 1).repeat(batch)
@@ -337,8 +446,11 @@ class Cones2Pipeline(StableDiffusionPipeline):
         call: GuidanceCall | None = None
         recorder: AttentionRecorder | None = None
         if layout is not None:
+            layout = layout.matched(settings.colour_match, settings.colour_tolerance)
             layout.check_size(height, width)
-            maps = layout.weight_maps(self.tokenizer, prompts, grids, num_tokens=embeds.shape[1])
+            maps = layout.weight_maps(self.tokenizer, prompts, grids, num_tokens=embeds.shape[1],
+                                      resize=settings.layout_resize, occurrences=settings.occurrences,
+                                      image_size=(height, width))
             if len(prompts) > 1 or num_images_per_prompt > 1:
                 maps = {q: (w if w.shape[0] == 1 else w.repeat_interleave(num_images_per_prompt, dim=0)) for q, w in maps.items()}
             call = GuidanceCall(weight_maps=maps, eta=guidance_weight, cond="all" if (separate_cfg or not do_cfg) else "cfg")
@@ -364,6 +476,7 @@ class Cones2Pipeline(StableDiffusionPipeline):
                 f"self-recurrence needs a first-order or multistep scheduler, not {type(self.scheduler).__name__} "
                 f"(order {self.scheduler.order}); use another scheduler or self_recurrence=False"
             )
+        bias_sigmas = guidance_sigmas(settings.guidance_sigma, self.scheduler.config, sigmas or [], n_guided)
         evaluations = {"unet": 0}
 
         def count(*_: Any) -> None:
@@ -381,7 +494,7 @@ class Cones2Pipeline(StableDiffusionPipeline):
                     guided = i < n_guided
                     if call is not None:
                         call.active = guided and call.weight_maps is not None
-                        call.sigma = sigmas[i] if sigmas is not None else 0.0
+                        call.sigma = bias_sigmas[i] if guided else 0.0
                         if recorder is not None:
                             recorder.enabled = True
                     state = _snapshot(self.scheduler) if (guided and self_recurrence) else None
@@ -419,6 +532,9 @@ class Cones2Pipeline(StableDiffusionPipeline):
             "self_recurrence": bool(self_recurrence and n_guided),
             "unet_evaluations": evaluations["unet"],
             "sigmas": sigmas,
+            "guidance_sigmas": bias_sigmas,
+            "scheduler": type(self.scheduler).__name__,
+            "settings": settings.to_dict(),
             "height": height,
             "width": width,
         }
