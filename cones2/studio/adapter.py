@@ -204,7 +204,7 @@ class Design:
             args += ["--box", f"{word}=" + ",".join(f"{v:g}" for v in box)]
         for word, w in self.weights.items():
             args += ["--weight", f"{word}={w:g}"]
-        args += ["--seed", str(self.seed), "--steps", str(s.steps), "--cfg", f"{s.guidance_scale:g}",
+        args += ["--preset", s.preset, "--seed", str(self.seed), "--steps", str(s.steps), "--cfg", f"{s.guidance_scale:g}",
                  "--guidance-weight", f"{s.guidance_weight:g}"]
         if s.guidance_steps is not None:
             args += ["--guidance-steps", str(s.guidance_steps)]
@@ -314,8 +314,8 @@ def _design_from_png(name: str, data: bytes) -> Design:
     weights = {r["subject"]: r["weight_in"] for r in record.get("layout") or [] if r.get("box") and r.get("weight_in") != 2.5}
     return Design.from_page({
         "prompt": record.get("prompt"), "subjects": subjects, "boxes": boxes, "weights": weights,
-        "steps": settings.get("steps"), "guidance_weight": settings.get("guidance_weight"),
-        "seed": record.get("seed"), "size": settings.get("height"), "negative_prompt": record.get("negative_prompt"),
+        "preset": settings.get("preset"), "steps": settings.get("steps"),
+        "guidance_weight": settings.get("guidance_weight"), "seed": record.get("seed"), "size": settings.get("height"), "negative_prompt": record.get("negative_prompt"),
     })
 
 
@@ -407,10 +407,9 @@ class Renderer:
         hook = pipe.unet.register_forward_pre_hook(count)
         try:
             out = pipe(
-                design.prompt, design.subjects, layout, guidance_weight=s.guidance_weight,
-                guidance_steps=s.guidance_steps, self_recurrence=s.self_recurrence, num_inference_steps=s.steps,
-                guidance_scale=s.guidance_scale, negative_prompt=design.negative_prompt, seed=design.seed,
-                height=height, width=width, return_attention_maps=bool(design.subjects) and layout is not None,
+                design.prompt, design.subjects, layout, settings=s, negative_prompt=design.negative_prompt,
+                seed=design.seed, height=height, width=width,
+                return_attention_maps=bool(design.subjects) and layout is not None,
             )
         finally:
             hook.remove()
@@ -419,10 +418,9 @@ class Renderer:
             "prompt": design.prompt, "negative_prompt": design.negative_prompt, "subjects": out.info["subjects"],
             "layout": out.info["layout"],
             "settings": {
-                "steps": s.steps, "guidance_scale": s.guidance_scale, "guidance_weight": s.guidance_weight,
-                "guidance_steps": out.info["guided_steps"], "self_recurrence": s.self_recurrence,
-                "scheduler": type(pipe.scheduler).__name__, "height": height, "width": width, "num_images": 1,
-                "dtype": self._dtype, "device": self._device, "overlap": "share",
+                **s.to_dict(), "guided_steps": out.info["guided_steps"], "scheduler_class": type(pipe.scheduler).__name__,
+                "height": height, "width": width, "num_images": 1, "dtype": self._dtype, "device": self._device,
+                "overlap": "share",
             },
             "seed": design.seed,
             "base_model": {"source": info.source, "fingerprint": info.fingerprint, "is_demo": info.is_demo,
