@@ -267,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     subjects = {w: torch.randn(1, hidden, generator=gen) * 0.1 for w in BOXES}
     layout = Layout.from_boxes(BOXES)
     common = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, output_type="np")
+    ours = dict(common, scheduler="default")  # the pipeline's LMS, as the stock run (not the preset's)
 
     configs = {
         "a": ("stock StableDiffusionPipeline", lambda: stock(PROMPT, generator=torch.Generator().manual_seed(0), **common)),
-        "b": ("Cones2 guided, self-recurrence off", lambda: cones(PROMPT, subjects, layout, seed=0, self_recurrence=False, **common)),
-        "c": ("Cones2 guided, self-recurrence on", lambda: cones(PROMPT, subjects, layout, seed=0, self_recurrence=True, **common)),
+        "b": ("Cones2 guided, self-recurrence off", lambda: cones(PROMPT, subjects, layout, seed=0, self_recurrence=False, **ours)),
+        "c": ("Cones2 guided, self-recurrence on", lambda: cones(PROMPT, subjects, layout, seed=0, self_recurrence=True, **ours)),
         "d": ("reference scheme (eager, split CFG, SR on)", lambda: cones(
-            PROMPT, subjects, layout, seed=0, self_recurrence=True, separate_cfg=True, eager_attention=True, **common)),
+            PROMPT, subjects, layout, seed=0, self_recurrence=True, separate_cfg=True, eager_attention=True, **ours)),
     }
     where = torch.cuda.get_device_name(args.device) if cuda else f"cpu, threads {torch.get_num_threads()}"
     print(f"model {args.model}  size {size}px  steps {steps}  repeats {repeats}  {args.dtype}  {where}  "

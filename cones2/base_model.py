@@ -218,27 +218,36 @@ def _cache_key(root: Path) -> str:
 
 
 def fingerprint(root: str | os.PathLike[str], *, use_cache: bool = True) -> str:
-    """The fingerprint of a model folder, from the cache when its files did not change."""
+    """The fingerprint of a model folder, from the cache when its files did not change.
+
+    The cache (``$CONES2_HOME/cache/fingerprints.json``) keeps one entry per folder and
+    forgets folders that no longer exist, so temporary model folders do not pile up.
+    """
     from .config import cache_dir
 
     root = Path(root)
     key = _cache_key(root)
+    folder = str(root.resolve())
     cache_file = cache_dir() / "fingerprints.json"
-    cache: dict[str, str] = {}
+    cache: dict[str, dict[str, str]] = {}
     if use_cache and cache_file.is_file():
         try:
-            cache = json.loads(cache_file.read_text())
-        except ValueError:
-            cache = {}
-        if key in cache:
-            return cache[key]
+            loaded = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            loaded = {}
+        if isinstance(loaded, dict):  # entries of an older layout (key -> value) are dropped
+            cache = {f: e for f, e in loaded.items() if isinstance(e, dict) and {"key", "fingerprint"} <= set(e)}
+        entry = cache.get(folder)
+        if entry is not None and entry["key"] == key:
+            return entry["fingerprint"]
     value = compute_fingerprint(root)
     if use_cache:
-        cache[key] = value
+        cache = {f: e for f, e in cache.items() if Path(f).is_dir()}
+        cache[folder] = {"key": key, "fingerprint": value}
         try:
             from .fsutil import atomic_write_bytes
 
-            atomic_write_bytes(cache_file, json.dumps(cache, indent=0).encode())
+            atomic_write_bytes(cache_file, json.dumps(cache, indent=0, sort_keys=True).encode())
         except OSError:
             pass  # a read-only cache only costs speed
     return value
@@ -281,8 +290,11 @@ def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN
     """Load ``(tokenizer, text_encoder)`` of a base model with transformers."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from ._quiet import no_progress_bars
+
     _, path = resolve_model_path(model)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-    encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+    with no_progress_bars():
+        encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
     encoder.eval()
     return tokenizer, encoder

@@ -120,7 +120,10 @@ def build_demo_model(directory: str | Path, seed: int = DEFAULT_SEED, overwrite:
         requires_safety_checker=False,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(directory, safe_serialization=True)
+    from ._quiet import no_progress_bars
+
+    with no_progress_bars():  # "Writing model shards" for an 8 MB model is noise
+        pipe.save_pretrained(directory, safe_serialization=True)
     (directory / "cones2_demo.json").write_text(
         json.dumps({"name": DEMO_MODEL_NAME, "seed": seed, "notice": DEMO_NOTICE}, indent=2) + "\n"
     )

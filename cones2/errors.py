@@ -73,6 +73,12 @@ class NotFoundError(RegistryError):
     exit_code = 8
 
 
+class ResidualNotFoundError(NotFoundError, InvalidResidualError):
+    """A residual file path that does not exist: "not found" (exit 8), like an unknown ref."""
+
+    exit_code = 8
+
+
 class ConflictError(RegistryError):
     """An operation that would change something declared immutable."""
 

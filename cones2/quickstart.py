@@ -88,7 +88,8 @@ def run_quickstart(
     registered = {}
     with open_catalogue() as catalogue:
         for word, name in DEMO_SUBJECTS.items():
-            record = catalogue.add(files[word], name, base=info.path, description=f"quickstart demo subject ({word})")
+            # base=info: labelled as the user named it ("demo", a Hub id), not by its folder
+            record = catalogue.add(files[word], name, base=info, description=f"quickstart demo subject ({word})")
             registered[word] = f"{record.name}@{record.version}"
     rendered: dict[str, Any] = {}
     if render:
@@ -98,7 +99,7 @@ def run_quickstart(
             DEMO_PROMPT,
             subjects=tuple(f"{w}={n}" for w, n in DEMO_SUBJECTS.items()),
             boxes=DEMO_BOXES,
-            model=info.path,
+            model=model,
             seed=seed,
             steps=steps,
             output=str(out_dir / "quickstart.png"),

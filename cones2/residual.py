@@ -126,9 +126,15 @@ def find_occurrences(ids: Sequence[int], pattern: Sequence[int], tokenizer: Any 
     return [i for i in range(len(ids) - n + 1) if ids[i : i + n] == pattern and starts[i]]
 
 
-def _is_full(row: Sequence[int], eos_id: int | None) -> bool:
-    """A row whose last position holds EOS was filled to the limit (probably truncated)."""
-    return eos_id is not None and len(row) > 0 and row[-1] == eos_id and row.count(eos_id) == 1
+def _is_full(row: Sequence[int], eos_id: int | None, limit: int | None) -> bool:
+    """A row of ``limit`` tokens whose one EOS is its last token was filled to the limit (maybe cut).
+
+    Every unpadded tokenisation ends in EOS, so the length decides: a shorter row is whole.
+    """
+    return (
+        eos_id is not None and limit is not None and len(row) >= limit
+        and row[-1] == eos_id and row.count(eos_id) == 1
+    )
 
 
 def locate_in_ids(
@@ -148,19 +154,23 @@ def locate_in_ids(
         start = found[wanted - 1]
         return list(range(start, start + len(word_ids)))
     eos_id = getattr(tokenizer, "eos_token_id", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = limit if isinstance(limit, int) and limit < 100_000 else None
     if tokenizer is not None and prompt is not None:
         full = list(tokenizer(prompt, add_special_tokens=True, truncation=False).input_ids)
         if len(find_occurrences(full, word_ids, tokenizer)) >= wanted:
-            limit = getattr(tokenizer, "model_max_length", len(row))
-            raise TokenLocationError(f"subject {str(key)!r} is cut off by the {limit}-token limit in {where}")
-    elif _is_full(row, eos_id):
+            raise TokenLocationError(f"subject {str(key)!r} is cut off by the {limit or len(row)}-token limit in {where}")
+        truncated = limit is not None and len(full) > limit
+    elif _is_full(row, eos_id, limit):
         content = row[:-1]
         for cut in range(len(word_ids) - 1, 0, -1):
             if content[-cut:] == list(word_ids[:cut]):
                 raise TokenLocationError(f"subject {str(key)!r} is cut off by the {len(row)}-token limit in {where}")
     if found:
         raise TokenLocationError(f"subject {str(key)!r}: {where} has only {len(found)} occurrence(s) of {key.word!r}")
-    if _is_full(row, eos_id):
+    if tokenizer is None or prompt is None:
+        truncated = _is_full(row, eos_id, limit)
+    if truncated:
         raise TokenLocationError(
             f"subject word {key.word!r} does not occur in {where}, which fills the {len(row)}-token limit: it may be cut off"
         )

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidResidualError
+from .errors import InvalidResidualError, ResidualNotFoundError
 
 FORMAT_NAME = "cones2.residual"
 FORMAT_VERSION = 1
@@ -244,7 +244,7 @@ def read_residual_bytes(path: str | os.PathLike[str]) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise InvalidResidualError(f"{path}: no such file") from None
+        raise ResidualNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InvalidResidualError(f"{path}: is a folder, not a residual file") from None
     except OSError as exc:
@@ -304,7 +304,7 @@ def import_legacy_pt(
 
     path = Path(path)
     if not path.is_file():
-        raise InvalidResidualError(f"{path}: no such file")
+        raise ResidualNotFoundError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not one line, not for users
             warnings.simplefilter("ignore")

@@ -13,6 +13,18 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory: pytest.TempPathFactory):
+    """A CONES2_HOME for session- and module-scoped fixtures, which run before ``cones2_home``.
+
+    Without it they would fingerprint models into the user's data folder (its cache).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("session-home")
+        mp.setenv("CONES2_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model, built once per test session through the public builder."""

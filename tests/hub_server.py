@@ -496,3 +496,16 @@ class _Handler(BaseHTTPRequestHandler):
 def start_hub_server() -> HubServer:
     """Start a HubServer on a free local port (stop it with ``.stop()``)."""
     return HubServer()
+
+
+if __name__ == "__main__":  # the README's walkthrough: python tests/hub_server.py --port 8765 &
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve an in-memory Hub on 127.0.0.1 until stopped.")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    server = HubServer(port=parser.parse_args().port)
+    print(f"Hub test server on {server.endpoint} (in memory; stop it with Ctrl-C or kill)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()

@@ -27,7 +27,7 @@ def test_fingerprint_is_stable_and_cached(demo_model_dir: Path, tmp_path: Path) 
     assert len(first) == 64 and int(first, 16) >= 0
     assert compute_fingerprint(demo_model_dir) == first
     cache = json.loads((tmp_path / "cones2-home" / "cache" / "fingerprints.json").read_text())
-    assert first in cache.values()
+    assert cache[str(demo_model_dir.resolve())]["fingerprint"] == first
     # A second call hits the cache: much faster than hashing the weights.
     t0 = time.perf_counter()
     assert fingerprint(demo_model_dir) == first

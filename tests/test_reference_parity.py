@@ -175,3 +175,25 @@ def test_cli_preset_reference_reproduces_python(tmp_path, pipe, case):
     implied = SamplerSettings.from_dict({k: settings[k] for k in resolve_settings("reference").to_dict()})
     assert implied == resolve_settings("reference", steps=3) and settings["overridden"] == ["steps"]
     assert settings["scheduler"] == "reference" and settings["layout_resize"] == "bilinear"
+
+
+def test_weight_map_rules(demo_text_encoder):
+    tokenizer, _ = demo_text_encoder
+    mask = np.zeros((96, 96), bool)
+    mask[20:70, 10:60] = True
+    layout = Layout.from_masks({"dog": mask})
+    prompt = "a dog and a cat, the dog runs"
+    area = layout.weight_maps(tokenizer, prompt, [(12, 12)], resize="area", occurrences="named")[144][0]
+    bilinear = layout.weight_maps(tokenizer, prompt, [(12, 12)], resize="bilinear", occurrences="all")[144][0]
+    named_cols = [c for c in range(area.shape[1]) if area[:, c].abs().sum() > 0]
+    all_cols = [c for c in range(bilinear.shape[1]) if bilinear[:, c].abs().sum() > 0]
+    assert len(named_cols) == 1 and len(all_cols) == 2 and named_cols[0] == all_cols[0]
+    inside_area = int((area[:, named_cols[0]] > 0).sum())
+    inside_bilinear = int((bilinear[:, all_cols[0]] > 0).sum())
+    assert inside_bilinear < inside_area  # boundary cells mix towards -1e8
+    edge = bilinear[:, all_cols[0]][(bilinear[:, all_cols[0]] < 0) & (area[:, named_cols[0]] > 0)]
+    assert edge.numel() > 0 and float(edge.max()) < -1e6
+    # a region named by occurrence keeps only that one under "all"
+    two = Layout.from_boxes({"dog": (0, 0, 0.5, 1), "dog#2": (0.5, 0, 1, 1)})
+    pos = two.positions(tokenizer, prompt, "all")
+    assert len(pos["dog"]) == len(pos["dog#2"]) and pos["dog"] != pos["dog#2"]

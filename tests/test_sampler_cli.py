@@ -49,7 +49,8 @@ def test_generate_writes_png_with_metadata(tmp_path, dog_file):
     assert meta["base_model"]["fingerprint"] == rf.base_fingerprint
     assert "cones2-demo-model" in image.text
     maps = {p.split("/")[-1] for p in data["attention_maps"]}
-    assert {"layout.png", "out-0-attention-dog.png", "out-0-attention-mug.png", "out-0-attention.png"} <= maps
+    assert {"out-0-attention-dog.png", "out-0-attention-mug.png", "out-0-attention.png"} <= maps
+    assert data["layout_preview"] == str(tmp_path / "maps" / "layout.png") and "layout.png" not in maps
 
 
 def test_generate_registry_ref_and_colour_layout(tmp_path, dog_file):

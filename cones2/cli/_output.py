@@ -8,7 +8,17 @@ from typing import Any
 
 import click
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+JSON_META_KEY = "cones2.json"  # set by the global ``cones2 --json``; read by every command's --json
+
+
+def _json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    return bool(value or ctx.meta.get(JSON_META_KEY))
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, callback=_json_flag,
+    help="Print machine-readable JSON (also: cones2 --json COMMAND).",
+)
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:

@@ -41,10 +41,10 @@ from ._output import emit, json_option
 @click.option("--layout-resize", type=click.Choice(LAYOUT_RESIZES), default=None, help="Weight map resizing: bilinear (reference) or area (cones2).")
 @click.option("--colour-match", "--color-match", "colour_match", type=click.Choice(COLOUR_MATCHES), default=None, help="Layout colours: exact (reference) or nearest within --tolerance (cones2).")
 @click.option("--occurrences", type=click.Choice(OCCURRENCE_RULES), default=None, help="A word's layout weight on every occurrence (reference) or the named one (cones2).")
-@click.option("--negative-prompt", default=None)
-@click.option("--height", type=int, default=None)
-@click.option("--width", type=int, default=None)
-@click.option("--num-images", type=int, default=1, show_default=True)
+@click.option("--negative-prompt", default=None, help="What the image should not show.")
+@click.option("--height", type=int, default=None, help="Image height in pixels (default: the model's size).")
+@click.option("--width", type=int, default=None, help="Image width in pixels (default: the model's size).")
+@click.option("--num-images", type=int, default=1, show_default=True, help="How many images to make (image k uses --seed + k).")
 @click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), default=None, help="reference (LMS order 1 on linspace timesteps), default (the model's), or a family (preset decides).")
 @click.option("--device", default=None, help="cpu, cuda, mps (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float16 on GPU, float32 on CPU.")
@@ -81,6 +81,8 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
             click.echo(f"subject {key!r}: {what} (sha256 {str(sub.get('sha256'))[:12]})")
         for path in result["images"]:
             click.echo(f"wrote {path}")
+        if result.get("layout_preview"):
+            click.echo(f"layout preview {result['layout_preview']}")
         for path in result.get("attention_maps", []):
             click.echo(f"attention map {path}")
 
@@ -93,19 +95,19 @@ def layout_group() -> None:
 
 
 @layout_group.command("preview")
-@click.option("--box", "boxes", multiple=True, metavar="WORD=x0,y0,x1,y1")
+@click.option("--box", "boxes", multiple=True, metavar="WORD=x0,y0,x1,y1", help="Region of WORD, normalised to [0,1] (top-left origin). Repeatable.")
 @click.option("--pixels", is_flag=True, help="--box values are pixels of a --width x --height image.")
-@click.option("--mask", "masks", multiple=True, metavar="WORD=PATH")
-@click.option("--layout-image", type=click.Path(dir_okay=False), default=None)
-@click.option("--colour", "--color", "colours", multiple=True, metavar="R,G,B=WORD[:WEIGHT]")
-@click.option("--tolerance", type=float, default=None)
-@click.option("--weight", "weights", multiple=True, metavar="WORD=IN[,OUT]")
-@click.option("--overlap", type=click.Choice(["share", "last", "error"]), default="share", show_default=True)
+@click.option("--mask", "masks", multiple=True, metavar="WORD=PATH", help="Binary mask image for WORD (white = inside). Repeatable.")
+@click.option("--layout-image", type=click.Path(dir_okay=False), default=None, help="Colour-coded layout image.")
+@click.option("--colour", "--color", "colours", multiple=True, metavar="R,G,B=WORD[:WEIGHT]", help="Colour of WORD in --layout-image. Repeatable.")
+@click.option("--tolerance", type=float, default=None, help="Colour matching distance (RGB, default 60).")
+@click.option("--weight", "weights", multiple=True, metavar="WORD=IN[,OUT]", help="Inside (and outside) weight of WORD's region (default 2.5, -1e8).")
+@click.option("--overlap", type=click.Choice(["share", "last", "error"]), default="share", show_default=True, help="What a pixel in several regions means.")
 @click.option("--prompt", default=None, help="Check that every region's word occurs in this prompt.")
 @click.option("--model", default=None, help="Tokenizer for --prompt (default: configured, else the demo model).")
-@click.option("--width", type=int, default=512, show_default=True)
-@click.option("--height", type=int, default=512, show_default=True)
-@click.option("-o", "--output", default="layout.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--width", type=int, default=512, show_default=True, help="Preview width in pixels.")
+@click.option("--height", type=int, default=512, show_default=True, help="Preview height in pixels.")
+@click.option("-o", "--output", default="layout.png", show_default=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @json_option
 def preview(boxes: tuple[str, ...], pixels: bool, masks: tuple[str, ...], layout_image: str | None,
             colours: tuple[str, ...], tolerance: float | None, weights: tuple[str, ...], overlap: str,

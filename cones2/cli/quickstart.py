@@ -12,7 +12,7 @@ from ._output import emit, json_option
 @click.command("quickstart")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cones2-quickstart", show_default=True, help="Where residuals and images go.")
 @click.option("--model", default=None, help="Base model folder or Hub id (default: configured, else the demo model).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in residuals and of the image.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps of the rendered image.")
 @click.option("--no-render", is_flag=True, help="Stop after composing the embeddings.")
 @json_option
@@ -40,6 +40,8 @@ def quickstart(out_dir: str, model: str | None, seed: int, steps: int, no_render
         if result.render:
             for path in result.render["images"]:
                 click.echo(f"rendered {path}: subjects placed by boxes {', '.join(DEMO_BOXES)}")
+            if result.render.get("layout_preview"):
+                click.echo(f"  layout preview {result.render['layout_preview']}")
             for path in result.render.get("attention_maps", []):
                 click.echo(f"  attention map {path}")
 

@@ -131,7 +131,7 @@ def show(ref: str, as_json: bool) -> None:
 
 @click.command("search")
 @click.argument("text", required=False)
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Show at most this many subjects.")
 @click.option("--remote", "remote", default=None, is_flag=False, flag_value="", metavar="[NAME]",
               help="Search a Hub library instead (NAME, default: the default remote).")
 @json_option

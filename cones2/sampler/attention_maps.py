@@ -76,13 +76,23 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return (stops[i] * (1 - t) + stops[i + 1] * t).astype(np.uint8)
 
 
-def heatmap_overlay(image: Any, attention: np.ndarray, alpha: float = 0.55, label: str | None = None) -> Any:
-    """An RGB PIL image: ``attention`` (any grid, normalised to its max) over ``image``."""
+COLOUR_BAR_WIDTH = 12  # the scale beside every heat map: the colour ramp, then its two values
+SCALE_WIDTH = COLOUR_BAR_WIDTH + 44
+
+
+def heatmap_overlay(image: Any, attention: np.ndarray, alpha: float = 0.55, label: str | None = None,
+                    scale: bool = True) -> Any:
+    """An RGB PIL image: ``attention`` (any grid, stretched from its min to its max) over ``image``.
+
+    With ``scale``, a colour bar to the right gives the attention probability at the top
+    (the map's max) and bottom (its min) of the ramp.
+    """
     from PIL import Image, ImageDraw
 
     base = image.convert("RGB") if hasattr(image, "convert") else Image.fromarray(np.asarray(image)).convert("RGB")
     a = np.asarray(attention, dtype=np.float32)
-    a = a - a.min()
+    low, high = float(a.min()), float(a.max())
+    a = a - low
     a = a / a.max() if a.max() > 0 else a
     heat = Image.fromarray(_colormap(a)).resize(base.size, Image.BILINEAR)
     out = Image.blend(base, heat, alpha)
@@ -90,6 +100,29 @@ def heatmap_overlay(image: Any, attention: np.ndarray, alpha: float = 0.55, labe
         draw = ImageDraw.Draw(out)
         draw.rectangle([0, 0, 6 * len(label) + 6, 12], fill=(0, 0, 0))
         draw.text((3, 0), label, fill=(255, 255, 255))
+    if not scale:
+        return out
+    w, h = out.size
+    canvas = Image.new("RGB", (w + SCALE_WIDTH, h), (255, 255, 255))
+    canvas.paste(out, (0, 0))
+    ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None].repeat(COLOUR_BAR_WIDTH, axis=1)
+    canvas.paste(Image.fromarray(_colormap(ramp)), (w + 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((w + COLOUR_BAR_WIDTH + 4, 0), f"{high:.3g}", fill=(0, 0, 0))
+    draw.text((w + COLOUR_BAR_WIDTH + 4, h - 11), f"{low:.3g}", fill=(0, 0, 0))
+    return canvas
+
+
+CAPTION_HEIGHT = 14
+
+
+def captioned(tile: Any, caption: str) -> Any:
+    """``tile`` with ``caption`` written in a white band under it."""
+    from PIL import Image, ImageDraw
+
+    out = Image.new("RGB", (tile.size[0], tile.size[1] + CAPTION_HEIGHT), (255, 255, 255))
+    out.paste(tile, (0, 0))
+    ImageDraw.Draw(out).text((2, tile.size[1] + 1), caption, fill=(0, 0, 0))
     return out
 
 
@@ -101,8 +134,10 @@ def save_attention_maps(
     stem: str = "image",
     min_side: int = 256,
 ) -> list[Path]:
-    """Write ``layout.png`` (if a layout is given), one overlay per subject and image, and
-    a ``{stem}-{i}-attention.png`` strip (layout preview, image, overlays side by side).
+    """Write ``layout.png`` (if a layout is given: the layout preview, not an attention map),
+    one overlay per subject and image (with its colour scale), and a
+    ``{stem}-{i}-attention.png`` strip (layout preview, image, overlays side by side, each
+    captioned).
 
     Small images (the demo model's 64 px) are enlarged to ``min_side`` for viewing.
     """
@@ -125,13 +160,14 @@ def save_attention_maps(
         w, h = img.size
         scale = max(1, -(-min_side // min(w, h)))
         big = img.convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
-        tiles = ([preview] if preview is not None else []) + [big]
+        tiles = [captioned(preview, "layout (region weights)")] if preview is not None else []
+        tiles.append(captioned(big, f"image {i}"))
         for key, arr in maps.items():
             over = heatmap_overlay(big, arr[min(i, arr.shape[0] - 1)], label=key)
             path = directory / f"{stem}-{i}-attention-{_safe(key)}.png"
             over.save(path)
             written.append(path)
-            tiles.append(over)
+            tiles.append(captioned(over, f"attention to {key!r}"))
         strip = Image.new("RGB", (sum(t.size[0] for t in tiles) + 4 * (len(tiles) - 1), max(t.size[1] for t in tiles)), (255, 255, 255))
         x = 0
         for t in tiles:

@@ -198,7 +198,9 @@ def generate_images(prompt: str, *, subjects: tuple[str, ...] = (), boxes: tuple
         if attention_dir is not None:
             maps = out.attention_maps or {}
             files = save_attention_maps(attention_dir, out.images, maps, layout=layout, stem=output_path.stem)
-            record["attention_maps"] = [str(p) for p in files]
+            preview = [p for p in files if p.name == "layout.png"]  # the layout, not an attention map
+            record["layout_preview"] = str(preview[0]) if preview else None
+            record["attention_maps"] = [str(p) for p in files if p not in preview]
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename or output_path}: {exc.strerror or exc}") from None
     return record

@@ -37,11 +37,16 @@ def render_layout_preview(layout: Any, width: int = 512, height: int = 512, back
         ys, xs = np.nonzero(inside)
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(width, height) // 128))
-        label = f"{region.subject} ({region.weight_in:g})"
+        label = region_label(region)
         tw = 6 * len(label) + 6
         draw.rectangle([x0, y0, x0 + tw, y0 + 12], fill=colour)
         draw.text((x0 + 3, y0), label, fill=(255, 255, 255))
     return image
+
+
+def region_label(region: Any) -> str:
+    """What a preview writes on a region: its word and what the number is ("dog: inside +2.5")."""
+    return f"{region.subject}: inside {region.weight_in:+g}"
 
 
 def save_layout_preview(layout: Any, path: str | Path, width: int = 512, height: int = 512) -> Path:

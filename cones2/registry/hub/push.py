@@ -142,4 +142,8 @@ def push(
         if t in refs.tags:
             client.delete_tag(repo_id, t)
         client.create_tag(repo_id, t, target.commit)
+    if tags:  # the pusher's catalogue shows the labels it just set, as a pull would mirror them
+        with open_catalogue(home) as cat:
+            for t in tags:
+                cat.tag(f"{chosen.name}@{chosen.version}", t)
     return results
