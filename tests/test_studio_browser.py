@@ -77,6 +77,7 @@ def test_compose_render_save_and_rerender_from_the_command_line(browser: Any, st
     browser.get(studio.url)
     until(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
     assert "demo model" in find(By.ID, "model").text
+    assert find(By.ID, "compose").is_displayed() and not find(By.ID, "library").is_displayed()
 
     # a prompt: only its words that a library subject was learned for are offered
     find(By.ID, "prompt").send_keys("a dog on the beach")
@@ -140,3 +141,9 @@ def test_compose_render_save_and_rerender_from_the_command_line(browser: Any, st
     until(browser, lambda d: d.find_element(By.ID, "prompt").get_attribute("value") == "a dog on the beach")
     assert find(By.ID, "steps").get_attribute("value") == "2"
     assert browser.execute_script("return S.boxes.dog") == pytest.approx(drawn, abs=1e-4)
+
+    # the library tab: the subject, its version and whether it fits the model in use
+    find(By.ID, "tab-library").click()
+    row = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#subjects tr[data-name='dog-max']"))[0]
+    assert not find(By.ID, "compose").is_displayed() and row.is_displayed()
+    assert "v1" in row.text and "fits this model" in row.text
