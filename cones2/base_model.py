@@ -287,13 +287,33 @@ def model_info(model: str | os.PathLike[str] | None = None) -> BaseModelInfo:
 
 
 def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN201 - heavy types
-    """Load ``(tokenizer, text_encoder)`` of a base model with transformers."""
+    """Load ``(tokenizer, text_encoder)`` of a base model.
+
+    A CLIP tokenizer and text model unless ``model_index.json`` names other classes (the
+    world model's word-level tokenizer and phrase-local encoder, cones2.world).
+    """
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ._quiet import no_progress_bars
 
     _, path = resolve_model_path(model)
-    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    if isinstance(index, dict) and str(index.get("text_encoder", [""])[0]).startswith("cones2.world"):
+        from transformers import PreTrainedTokenizerFast
+
+        from .world.components import PhraseLocalTextEncoder
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+        with no_progress_bars():
+            encoder = PhraseLocalTextEncoder.from_pretrained(path / "text_encoder")
+        encoder.eval()
+        return tokenizer, encoder
+    tok_class = index.get("tokenizer", [None, ""])[1] if isinstance(index, dict) else ""
+    if tok_class == "PreTrainedTokenizerFast":
+        from transformers import PreTrainedTokenizerFast as tok_type
+    else:
+        tok_type = CLIPTokenizer
+    tokenizer = tok_type.from_pretrained(path / "tokenizer")
     with no_progress_bars():
         encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
     encoder.eval()

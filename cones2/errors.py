@@ -67,6 +67,10 @@ class InvalidNameError(RegistryError):
     exit_code = 2
 
 
+class CatalogueDamagedError(RegistryError):
+    """A catalogue that is empty, missing or unreadable while the blob store holds content."""
+
+
 class NotFoundError(RegistryError):
     """An unknown subject, version, tag or remote."""
 
@@ -101,3 +105,25 @@ class RemoteError(Cones2Error):
     """Hub sync failures: unreachable remote, bad manifest, refused push."""
 
     exit_code = 12
+
+
+class TrainingError(Cones2Error):
+    """Training that cannot start or go on: unusable images, settings, a failed run."""
+
+    exit_code = 13
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by the user (Ctrl-C); a resumable checkpoint was written."""
+
+    exit_code = 130
+
+
+class CompositionError(UsageError, ValueError):
+    """A composition (TOML file, PNG record, options) that is malformed; names the field."""
+
+
+class LockError(Cones2Error):
+    """A lockfile that is stale, incomplete or does not match what it pins (``--locked``, ``--check``)."""
+
+    exit_code = 14

@@ -93,19 +93,19 @@ def run_quickstart(
             registered[word] = f"{record.name}@{record.version}"
     rendered: dict[str, Any] = {}
     if render:
-        from .sampler.generate import generate_images
+        from .sampler.generate import composition_from_options, generate, layout_spec
+        from .sampler.presets import resolve_settings
 
-        rendered = generate_images(
+        composition = composition_from_options(
             DEMO_PROMPT,
             subjects=tuple(f"{w}={n}" for w, n in DEMO_SUBJECTS.items()),
-            boxes=DEMO_BOXES,
-            model=model,
+            layout=layout_spec(boxes=DEMO_BOXES),
+            settings=resolve_settings("reference", steps=steps),
+            model=model,  # labelled as the user named it (None: the configured model)
             seed=seed,
-            steps=steps,
-            output=str(out_dir / "quickstart.png"),
-            attention_dir=str(out_dir / "attention"),
-            progress=progress,
+            name="quickstart",
         )
+        rendered = generate(composition, output=str(out_dir / "quickstart.png"), attention_dir=str(out_dir / "attention"))
     return QuickstartResult(
         model=info.source,
         fingerprint=info.fingerprint,

@@ -106,10 +106,18 @@ def word_token_ids(tokenizer: Any, word: str) -> list[int]:
     return ids
 
 
+def _is_word_level(tokenizer: Any) -> bool:
+    """True for a fast tokenizer whose model is word level (the world model's)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
 def _word_starts(tokenizer: Any | None, ids: Sequence[int]) -> list[bool]:
     """For each position, whether a word may start there (previous token ends a word)."""
     if tokenizer is None:
         return [True] * len(ids)
+    if _is_word_level(tokenizer):
+        return [True] * len(ids)  # every token is a whole word
     tokens = tokenizer.convert_ids_to_tokens(list(ids))
     special = set(getattr(tokenizer, "all_special_ids", []))
     starts = [True]

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import jsonlimits
 from .errors import InvalidResidualError, ResidualNotFoundError
 
 FORMAT_NAME = "cones2.residual"
@@ -45,6 +46,9 @@ TENSOR_NAME = "residual"
 _DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
 _REQUIRED_KEYS = ("format", "format_version", "word", "token_ids", "hidden_size", "base", "dtype", "meta")
 _MAX_HEADER = 1 << 20  # residual headers are a few hundred bytes; refuse absurd ones early
+#: A residual is (tokens, hidden size): 77 x 4096 float32 is 1.2 MB. Anything far larger
+#: is refused before it is read.
+MAX_RESIDUAL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,9 @@ def _parse_header(data: bytes, source: str) -> tuple[dict[str, Any], int]:
     if 8 + header_len > len(data):
         raise InvalidResidualError(f"{source}: truncated safetensors file (header cut off)")
     try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+        header = jsonlimits.loads(bytes(data[8 : 8 + header_len]))
+    except jsonlimits.JSONLimitError as exc:
+        raise InvalidResidualError(f"{source}: refused safetensors header ({exc})") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidResidualError(f"{source}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
@@ -204,6 +210,10 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     if len(shape) != 2:
         raise InvalidResidualError(f"{source}: residual must have rank 2 (tokens, hidden size), got shape {tuple(shape)}")
     expected = math.prod(shape) * np.dtype(np_dtype).itemsize
+    if expected > MAX_RESIDUAL_BYTES:
+        raise InvalidResidualError(
+            f"{source}: declared tensor of {expected} bytes is larger than a residual can be ({MAX_RESIDUAL_BYTES} bytes)"
+        )
     if not (isinstance(start, int) and isinstance(end, int)) or end - start != expected or start != 0:
         raise InvalidResidualError(f"{source}: tensor data offsets do not match its shape")
     if body_start + end > len(data):
@@ -211,9 +221,9 @@ def parse_residual(data: bytes, source: str = "<bytes>") -> ResidualFile:
     if body_start + end < len(data):
         raise InvalidResidualError(f"{source}: trailing bytes after the tensor data")
     try:
-        token_ids = json.loads(meta["token_ids"], parse_constant=_refuse_constant)
+        token_ids = jsonlimits.loads(meta["token_ids"], parse_constant=_refuse_constant)
         hidden_size = int(meta["hidden_size"])
-        user_meta = json.loads(meta["meta"], parse_constant=_refuse_constant)
+        user_meta = jsonlimits.loads(meta["meta"], parse_constant=_refuse_constant)
     except (ValueError, TypeError):
         raise InvalidResidualError(f"{source}: malformed metadata (token_ids, hidden_size or meta)") from None
     if not isinstance(token_ids, list) or not isinstance(user_meta, dict):
@@ -242,7 +252,13 @@ def read_residual_bytes(path: str | os.PathLike[str]) -> bytes:
     """The raw bytes of a residual file, with one-line errors for unreadable paths."""
     path = Path(path)
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_RESIDUAL_BYTES + _MAX_HEADER + 8:
+                raise InvalidResidualError(
+                    f"{path}: {size} bytes is far larger than a residual file can be (at most {MAX_RESIDUAL_BYTES} bytes of data); not read"
+                )
+            return fh.read()
     except FileNotFoundError:
         raise ResidualNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -286,19 +302,13 @@ def make_residual(
                         dict(metadata or {}), templates)
 
 
-def import_legacy_pt(
-    path: str | os.PathLike[str],
-    word: str,
-    token_ids: list[int] | tuple[int, ...],
-    base_fingerprint: str,
-    hidden_size: int,
-    metadata: Mapping[str, Any] | None = None,
-) -> ResidualFile:
-    """Import a residual saved by the reference implementation (``torch.save`` of a tensor).
+def read_legacy_pt(path: str | os.PathLike[str], hidden_size: int) -> np.ndarray:
+    """The residual array of a reference implementation's ``.pt`` (``torch.save`` of a tensor).
 
-    Only a bare tensor of shape ``(tokens, hidden)`` or ``(hidden,)`` is accepted. The file
-    is opened with ``torch.load(weights_only=True)``, which refuses any pickle that is not
-    made of tensors and plain containers, so a malicious file is rejected without running.
+    Only a bare dense floating-point tensor of shape ``(tokens, hidden)`` or ``(hidden,)`` is
+    accepted; returned as a 2-D float32/float16 array. The file is opened with
+    ``torch.load(weights_only=True)``, which refuses any pickle that is not made of tensors and
+    plain containers, so a malicious file is rejected without running.
     """
     import torch
 
@@ -314,6 +324,10 @@ def import_legacy_pt(
         raise InvalidResidualError(f"{path}: refused legacy .pt file ({type(exc).__name__}: {first[:160]})") from None
     if not isinstance(obj, torch.Tensor):
         raise InvalidResidualError(f"{path}: legacy .pt must hold a bare tensor, found {type(obj).__name__}")
+    if obj.layout != torch.strided or getattr(obj, "is_quantized", False) or getattr(obj, "is_nested", False):
+        kind = str(obj.layout).removeprefix("torch.") if obj.layout != torch.strided else "quantized or nested"
+        raise InvalidResidualError(f"{path}: legacy residual must be a dense tensor, not a {kind} one")
+    obj = obj.detach()  # a saved nn.Parameter loads as one; its values are what counts
     if not obj.is_floating_point():
         raise InvalidResidualError(f"{path}: legacy residual must be a floating-point tensor, got {str(obj.dtype).removeprefix('torch.')}")
     if obj.ndim == 1:
@@ -322,16 +336,39 @@ def import_legacy_pt(
         raise InvalidResidualError(f"{path}: legacy residual must have shape (tokens, {hidden_size}) or ({hidden_size},), got {tuple(obj.shape)}")
     if obj.shape[1] != hidden_size:
         raise InvalidResidualError(f"{path}: hidden size {obj.shape[1]} does not match the base model's {hidden_size}")
-    if obj.shape[0] != len(token_ids):
+    return obj.float().numpy().astype(np.float16 if obj.dtype == torch.float16 else np.float32)
+
+
+def legacy_residual(
+    array: np.ndarray,
+    path: str | os.PathLike[str],
+    word: str,
+    token_ids: list[int] | tuple[int, ...],
+    base_fingerprint: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> ResidualFile:
+    """A :class:`ResidualFile` from the array :func:`read_legacy_pt` returned for ``path``."""
+    if array.shape[0] != len(token_ids):
         raise InvalidResidualError(
-            f"{path}: {obj.shape[0]} row(s) but {word!r} is {len(token_ids)} token(s) in the base tokenizer"
+            f"{path}: {array.shape[0]} row(s) but {word!r} is {len(token_ids)} token(s) in the base tokenizer"
         )
-    dtype = "float16" if obj.dtype == torch.float16 else "float32"
     meta = {"imported_from": "cones-v2 .pt", **dict(metadata or {})}
     try:
-        return make_residual(obj.float().numpy().astype(np.float16 if dtype == "float16" else np.float32), word, token_ids, base_fingerprint, meta)
+        return make_residual(array, word, token_ids, base_fingerprint, meta)
     except InvalidResidualError as exc:
         raise InvalidResidualError(f"{path}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def import_legacy_pt(
+    path: str | os.PathLike[str],
+    word: str,
+    token_ids: list[int] | tuple[int, ...],
+    base_fingerprint: str,
+    hidden_size: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> ResidualFile:
+    """Import a residual saved by the reference implementation; see :func:`read_legacy_pt`."""
+    return legacy_residual(read_legacy_pt(path, hidden_size), path, word, token_ids, base_fingerprint, metadata)
 
 
 def ensure_compatible(residual: ResidualFile, fingerprint: str, hidden_size: int | None = None, source: str = "residual", model: str | None = None) -> None:

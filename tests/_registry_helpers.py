@@ -24,7 +24,8 @@ def write_residual(path: Path, fingerprint: str, *, seed: int = 0, hidden: int =
     from cones2.residual_file import make_residual
 
     rng = np.random.default_rng(seed)
-    make_residual(rng.standard_normal((1, hidden)).astype("float32"), word, [643], fingerprint, meta or {}).save(path)
+    ids = {"dog": [643], "cat": [644]}[word]  # the demo tokenizer's ids: add checks that they spell the word
+    make_residual(rng.standard_normal((1, hidden)).astype("float32"), word, ids, fingerprint, meta or {}).save(path)
     return path
 
 

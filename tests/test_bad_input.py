@@ -417,3 +417,44 @@ def test_generate_refusals_already_one_line(dog: Path, tmp_path: Path, args: lis
     args = [fill(a) for a in args]
     refused("generate", PROMPT, "--steps", "1", "-o", tmp_path / "x.png", *args, code=code, text=text)
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("case, code, text", [
+    ("empty-folder", 2, "no training images"),
+    ("corrupt", 13, "corrupt"),
+    ("small", 13, "smaller than the training resolution 32"),
+    ("special-word", 4, "not whole tokens"),
+    ("long-word", 4, "too long"),
+    ("other-word", 9, "is a 'dog', not a 'mug'"),
+    ("bad-resolution", 2, "multiple of 8"),
+    ("unwritable-output", 2, "cannot write"),
+    ("bad-name", 2, "invalid subject name"),
+])
+def test_train_refusals_one_line(dog: Path, tmp_path: Path, case: str, code: int, text: str) -> None:
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(good)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 40)
+    Image.fromarray(np.zeros((16, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "file").write_text("x")
+    images, word, name, extra = [good], "dog", "dog-max", []
+    if case == "empty-folder":
+        images = [tmp_path / "empty"]
+    elif case in ("corrupt", "small"):
+        images = [good, tmp_path / f"{case}.png"]
+    elif case == "special-word":
+        word = "<|endoftext|>"
+    elif case == "long-word":
+        word = "dog" * 40
+    elif case == "other-word":
+        word = "mug"
+    elif case == "bad-resolution":
+        extra = ["--resolution", "30"]
+    elif case == "unwritable-output":
+        extra = ["--output-dir", tmp_path / "file" / "out"]
+    elif case == "bad-name":
+        name = "Dog Max"
+    args = ["--resolution", "32", "--steps", "1", *extra] if case != "bad-resolution" else ["--steps", "1", *extra]
+    refused("train", *images, "--word", word, "--name", name, *args, code=code, text=text)

@@ -64,7 +64,9 @@ def test_quickstart(tmp_path: Path) -> None:
     meta = json.loads(image.text["cones2"])
     assert {s["name"] for s in meta["subjects"].values()} == {"dog-max", "mug-red"}
     assert "demo model" in image.text["cones2-demo-model"]
-    assert len(data["render"]["attention_maps"]) == 4
+    assert len(data["render"]["attention_maps"]) == 3  # one heat map per subject + the strip
+    assert Path(data["render"]["layout_preview"]).name == "layout.png"
+    assert all(Path(p).is_file() for p in [*data["render"]["attention_maps"], data["render"]["layout_preview"]])
     # Running it again is idempotent: same residual content, same registered versions.
     code, out, _ = run("quickstart", "--out", str(tmp_path / "qs"), "--no-render", "--json")
     assert code == 0 and json.loads(out)["registered"] == data["registered"]

@@ -148,7 +148,7 @@ def test_cli_preset_reference_reproduces_python(tmp_path, pipe, case):
     from click.testing import CliRunner
 
     from cones2.cli import main
-    from cones2.sampler.generate import generate_images
+    from cones2.sampler.generate import composition_from_options, generate, layout_spec
     from cones2.sampler.presets import SamplerSettings, resolve_settings
 
     Image.fromarray(case["rgb"]).save(tmp_path / "layout.png")
@@ -163,8 +163,10 @@ def test_cli_preset_reference_reproduces_python(tmp_path, pipe, case):
         args += ["--colour", c]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    generate_images(PROMPT, subjects=subjects, layout_image=str(tmp_path / "layout.png"), colours=colours,
-                    preset="reference", steps=3, seed=4, output=str(tmp_path / "py.png"), progress=False)
+    composition = composition_from_options(
+        PROMPT, subjects=subjects, layout=layout_spec(layout_image=str(tmp_path / "layout.png"), colours=colours),
+        settings=resolve_settings("reference", steps=3), seed=4)
+    generate(composition, output=str(tmp_path / "py.png"))
     assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "py.png").read_bytes()
     # ... and the pixels are the pipeline's
     direct = pipe(PROMPT, {w: str(p) for w, p in files.items()}, Layout.from_colour_image(tmp_path / "layout.png", {

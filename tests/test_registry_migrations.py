@@ -109,7 +109,7 @@ def test_newer_catalogue_is_refused(cones2_home: Path):
 def test_not_a_catalogue_is_refused(cones2_home: Path):
     cones2_home.mkdir(parents=True)
     (cones2_home / DB_FILE).write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(RegistryError, match="not a cones2 catalogue"):
+    with pytest.raises(RegistryError, match="is not an SQLite database"):
         open_catalogue()
     other = cones2_home / "other.db"
     conn = sqlite3.connect(other)

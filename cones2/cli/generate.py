@@ -50,28 +50,39 @@ from ._output import emit, json_option
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: float16 on GPU, float32 on CPU.")
 @click.option("-o", "--output", default="cones2.png", show_default=True, type=click.Path(dir_okay=False), help="Output PNG (numbered when --num-images > 1).")
 @click.option("--attention-maps", "attention_dir", type=click.Path(file_okay=False), default=None, help="Save per-subject attention heat maps and the layout preview here.")
+@click.option("--save", default=None, type=click.Path(dir_okay=False), metavar="NAME.cones2.toml", help="Also write this command line's composition as a TOML file (render it again with `cones2 render`).")
 @json_option
 def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pixels: bool, masks: tuple[str, ...],
              layout_image: str | None, colours: tuple[str, ...], tolerance: float | None, weights: tuple[str, ...],
-             overlap: str, model: str | None, seed: int, preset: str, steps: int | None,
-             guidance_scale: float | None, guidance_weight: float | None, guidance_steps: int | None,
-             self_recurrence: bool | None, guidance_sigma: str | None, layout_resize: str | None,
-             colour_match: str | None, occurrences: str | None, negative_prompt: str | None, height: int | None,
-             width: int | None, num_images: int, scheduler: str | None, device: str | None, dtype: str | None,
-             output: str, attention_dir: str | None, as_json: bool) -> None:
+             overlap: str, model: str | None, seed: int, preset: str, steps: int | None, guidance_scale: float | None,
+             guidance_weight: float | None, guidance_steps: int | None, self_recurrence: bool | None,
+             guidance_sigma: str | None, layout_resize: str | None, colour_match: str | None, occurrences: str | None,
+             negative_prompt: str | None, height: int | None, width: int | None, num_images: int, scheduler: str | None,
+             device: str | None, dtype: str | None, output: str, attention_dir: str | None, save: str | None,
+             as_json: bool) -> None:
     """Generate an image of PROMPT with subject residuals placed by a layout."""
-    from ..sampler.generate import generate_images
+    from ..composition.model import stem_of
+    from ..sampler.generate import composition_from_options, layout_spec
+    from ..sampler.generate import generate as run
+    from ..sampler.presets import resolve_settings
 
-    result = generate_images(
-        prompt, subjects=subjects, boxes=boxes, pixels=pixels, masks=masks, layout_image=layout_image, colours=colours,
-        tolerance=tolerance, weights=weights, overlap=overlap, model=model, seed=seed, steps=steps,
-        guidance_scale=guidance_scale, guidance_weight=guidance_weight, guidance_steps=guidance_steps,
-        self_recurrence=self_recurrence, negative_prompt=negative_prompt, height=height, width=width,
-        num_images=num_images, scheduler=scheduler, preset=preset, guidance_sigma=guidance_sigma,
-        layout_resize=layout_resize, colour_match=colour_match, occurrences=occurrences, device=device, dtype=dtype,
-        output=output,
-        attention_dir=attention_dir, progress=not as_json,
+    if (steps is not None and steps < 1) or num_images < 1:
+        raise UsageError("--steps and --num-images must be at least 1")
+    if tolerance is not None and colour_match is None:
+        colour_match = "nearest"
+    settings = resolve_settings(
+        preset, steps=steps, guidance_scale=guidance_scale, guidance_weight=guidance_weight,
+        guidance_steps=guidance_steps, self_recurrence=self_recurrence, scheduler=scheduler,
+        guidance_sigma=guidance_sigma, layout_resize=layout_resize, colour_match=colour_match,
+        colour_tolerance=tolerance, occurrences=occurrences,
     )
+    layout = layout_spec(boxes, masks, layout_image, colours, weights, pixels, overlap)
+    comp = composition_from_options(
+        prompt, subjects=subjects, layout=layout, settings=settings, model=model, seed=seed, num_images=num_images,
+        negative_prompt=negative_prompt, height=height, width=width, dtype=dtype,
+        name=stem_of(save) if save else "generate",
+    )
+    result = run(comp, output=output, device=device, attention_dir=attention_dir, save=save)
 
     def human() -> None:
         if result["base_model"]["is_demo"]:
@@ -85,6 +96,8 @@ def generate(prompt: str, subjects: tuple[str, ...], boxes: tuple[str, ...], pix
             click.echo(f"layout preview {result['layout_preview']}")
         for path in result.get("attention_maps", []):
             click.echo(f"attention map {path}")
+        if result.get("saved"):
+            click.echo(f"composition {result['saved']}")
 
     emit(result, as_json, human)
 

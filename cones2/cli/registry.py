@@ -1,4 +1,4 @@
-"""Catalogue commands: add, list, show, search, tag, untag, rm, gc, verify, export.
+"""Catalogue commands: add, list, show, search, tag, untag, rm, gc, doctor, verify, export.
 
 Everything here touches only the catalogue, so nothing imports torch, diffusers or
 transformers (except ``add`` of a legacy ``.pt``, which needs the base tokenizer).
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..errors import IntegrityError, UsageError
+from ..errors import IntegrityError, RegistryError, UsageError
 from ._output import emit, json_option
 
 
@@ -57,21 +57,11 @@ def add(file: str, name: str, word: str | None, base: str | None, description: s
     """Add a residual FILE (cones2 residual or legacy .pt) as the next version of NAME."""
     metadata = _parse_meta(meta)
     with _catalogue() as cat:
-        before = _versions(cat, name)
         rec = cat.add(file, name, word=word, base=base, description=description, metadata=metadata, version=version)
-    created = rec.version not in before
-    data = {**rec.to_dict(), "created": created}
-    emit(data, as_json, lambda: click.echo(("Added " if created else "Already stored: ") + _version_line(rec)))
-
-
-def _versions(cat: Any, name: str) -> set[int]:
-    """The version numbers subject ``name`` has (none when it does not exist yet)."""
-    from ..errors import NotFoundError
-
-    try:
-        return {v.version for v in cat.list_versions(name)}
-    except NotFoundError:
-        return set()
+        created, ignored = cat.last_created, list(cat.last_ignored)
+    data = {**rec.to_dict(), "created": created, "ignored": ignored}
+    note = "  (--meta ignored: this content is already stored and versions are immutable)" if "meta" in ignored else ""
+    emit(data, as_json, lambda: click.echo(("Added " if created else "Already stored: ") + _version_line(rec) + note))
 
 
 def _summary_lines(subjects: list[Any]) -> None:
@@ -198,13 +188,41 @@ def rm(ref: str, as_json: bool) -> None:
 
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option("--force", is_flag=True, help="Delete even when the catalogue has no versions at all (it looks emptied).")
 @json_option
-def gc(dry_run: bool, as_json: bool) -> None:
+def gc(dry_run: bool, force: bool, as_json: bool) -> None:
     """Delete blobs that no version points to."""
     with _catalogue() as cat:
-        data = cat.gc(dry_run=dry_run)
-    verb = "Would delete" if dry_run else "Deleted"
+        data = cat.gc(dry_run=dry_run, force=force)
+    verb = "Would delete" if data["dry_run"] else "Deleted"
     emit(data, as_json, lambda: click.echo(f"{verb} {len(data['removed'])} blob(s), {data['bytes']} bytes"))
+    if data.get("refused"):
+        raise RegistryError(f"gc refused: {data['refused']}")
+
+
+@click.command("doctor")
+@json_option
+def doctor(as_json: bool) -> None:
+    """Check the catalogue; rebuild a damaged one from its backups and the blobs' own metadata."""
+    from ..registry.repair import doctor as run_doctor
+
+    report = run_doctor()
+    data = report.to_dict()
+
+    def human() -> None:
+        if report.healthy:
+            click.echo("The catalogue is healthy: nothing to repair.")
+            return
+        for path in report.moved_aside:
+            click.echo(f"Moved the damaged file aside: {path}")
+        click.echo(f"Restored {report.restored_from}" if report.restored_from else "No usable backup: started a new catalogue")
+        for item in report.recovered:
+            click.echo(f"Recovered {item['ref']}  sha256:{item['sha256'][:12]}")
+        for item in report.skipped:
+            click.echo(f"Skipped sha256:{item['sha256'][:12]}: {item['reason']}")
+        click.echo(f"{len(report.recovered)} blob(s) recovered, {len(report.skipped)} skipped; rename with `cones2 export` + `cones2 add`")
+
+    emit(data, as_json, human)
 
 
 @click.command("verify")
@@ -240,5 +258,5 @@ def export(ref: str, file: str, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (add, list_, show, search, tag, untag, rm, gc, verify, export):
+    for command in (add, list_, show, search, tag, untag, rm, gc, doctor, verify, export):
         group.add_command(command)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import CatalogueVersionError, RegistryError
+from ..errors import CatalogueDamagedError, CatalogueVersionError, RegistryError
 
 #: Alembic revisions of the catalogue schema, oldest first. Keep in sync with
 #: cones2/migrations/versions (a test checks it).
@@ -38,6 +38,9 @@ DB_FILE = "catalogue.db"
 BUSY_TIMEOUT_S = 60.0
 PG_LOCK_KEY = 0x636F6E657332  # "cones2": one advisory lock serialises catalogue writers
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+ROLLING_SUFFIX = ".rolling.bak"
+ENV_BACKUP_INTERVAL = "CONES2_BACKUP_INTERVAL_S"
+DEFAULT_BACKUP_INTERVAL_S = 600.0
 
 
 def default_url(home: Path) -> str:
@@ -101,14 +104,20 @@ class Database:
     def where(self) -> str:
         return str(self.path) if self.path is not None else display_url(self.url)
 
-    def open(self) -> None:
-        """Connect and bring the schema to :data:`SCHEMA_HEAD`; on any refusal nothing stays open."""
+    def open(self, on_new: Callable[[], None] | None = None) -> None:
+        """Connect and bring the schema to :data:`SCHEMA_HEAD`; on any refusal nothing stays open.
+
+        ``on_new`` runs before an empty database gets a fresh schema: it may refuse (a
+        catalogue emptied next to a blob store that still holds content).
+        """
         try:
             if self.path is not None:
                 self._open_sqlite()
             revision = self.current_revision()
             if revision == SCHEMA_HEAD:
                 return
+            if revision is None and on_new is not None:
+                on_new()
             self._check_known(revision)
             if self.read_only:
                 raise RegistryError(f"catalogue {self.where} needs a schema upgrade but {self.home} is not writable")
@@ -144,9 +153,9 @@ class Database:
             if exists and not os.access(path.parent, os.W_OK):
                 conn = self._open_immutable(path)
             elif exists and "not a database" in str(exc):
-                raise RegistryError(f"{path}: not a cones2 catalogue (not an SQLite database)") from None
+                raise self.damaged("is not an SQLite database") from None
             else:
-                raise RegistryError(f"cannot open the catalogue {path}: {exc}") from None
+                raise self.damaged(f"cannot be opened ({exc})") from None
         self._conn = conn
 
     def _open_immutable(self, path: Path) -> sqlite3.Connection:
@@ -170,10 +179,10 @@ class Database:
                     "SELECT count(*) FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
                 ).fetchone()[0]
                 if tables:
-                    raise RegistryError(f"{self.where}: not a cones2 catalogue (no schema revision)") from None
+                    raise self.damaged("is not a cones2 catalogue (no schema revision)") from None
                 return None
             except sqlite3.DatabaseError as exc:
-                raise RegistryError(f"{self.where}: not a cones2 catalogue ({exc})") from None
+                raise self.damaged(f"cannot be read ({exc})") from None
             return row[0] if row else None
         from sqlalchemy import inspect, text
 
@@ -248,6 +257,56 @@ class Database:
             dest.close()
         return target
 
+    # ------------------------------------------------------------------ backups
+
+    def backups(self) -> list[Path]:
+        """Copies to restore from, newest first: the rolling backup and the pre-migration copies."""
+        if self.path is None:
+            return []
+        found = [p for p in self.path.parent.glob(f"{self.path.name}.*.bak") if p.is_file() and p.stat().st_size > 0]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def damaged(self, state: str) -> CatalogueDamagedError:
+        """The one error for a catalogue that cannot be trusted, naming what to restore."""
+        copies = self.backups()
+        if copies:
+            hint = f"restore a backup (newest: cp {copies[0]} {self.path}; others: {len(copies) - 1})"
+        else:
+            hint = "no backup copy found next to it"
+        return CatalogueDamagedError(
+            f"the catalogue {self.where} {state}: {hint}, or run `cones2 doctor` to rebuild it from the blobs"
+        )
+
+    def backup_interval(self) -> float:
+        raw = os.environ.get(ENV_BACKUP_INTERVAL, "")
+        try:
+            return float(raw) if raw.strip() else DEFAULT_BACKUP_INTERVAL_S
+        except ValueError:
+            return DEFAULT_BACKUP_INTERVAL_S
+
+    def rolling_backup(self, *, force: bool = False) -> Path | None:
+        """Copy the catalogue to ``<file>.rolling.bak`` (SQLite online backup) when the last copy is old.
+
+        Called after each successful write; at most one copy per :data:`ENV_BACKUP_INTERVAL`
+        seconds (default 10 minutes). Best effort: a failed copy never fails the write.
+        """
+        if self.path is None or self._conn is None or self.read_only:
+            return None
+        target = self.path.with_name(self.path.name + ROLLING_SUFFIX)
+        try:
+            if not force and target.is_file() and time.time() - target.stat().st_mtime < self.backup_interval():
+                return None
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            dest = sqlite3.connect(str(tmp))
+            try:
+                self._conn.backup(dest)
+            finally:
+                dest.close()
+            os.replace(tmp, target)
+        except (OSError, sqlite3.Error):
+            return None
+        return target
+
     # ------------------------------------------------------------------ reads
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[Sequence[Any]]:
@@ -256,8 +315,10 @@ class Database:
         if self._conn is not None:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
+            except sqlite3.OperationalError as exc:
                 raise RegistryError(f"cannot read the catalogue {self.where}: {exc}") from None
+            except sqlite3.DatabaseError as exc:  # malformed, truncated
+                raise self.damaged(f"cannot be read ({exc})") from None
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -292,6 +353,7 @@ class Database:
             with Session(self.engine(), expire_on_commit=False) as session, session.begin():
                 self._lock_connection(session.connection())
                 yield session
+            self.rolling_backup()
         except DBAPIError as exc:
             text = _first_line(exc.orig if exc.orig is not None else exc)
             if "readonly" in text or "read-only" in text or "unable to open" in text:

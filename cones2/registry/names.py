@@ -49,3 +49,18 @@ def validate_tag(tag: str) -> str:
         # name pointing elsewhere would make the same ref mean two things.
         raise InvalidNameError(f"invalid tag {_shown(tag)}: v<number> is reserved for versions (use @{tag[1:]})")
     return tag
+
+
+def validate_pushable_name(name: str) -> str:
+    """Refuse names the Hub would refuse as repo names (checked at ``add``, so every name can be pushed).
+
+    Hugging Face repo names may not start or end with ``-`` or ``.`` and may not contain
+    ``--`` or ``..``.
+    """
+    for part in name.split("/"):
+        if part[-1] in "-." or "--" in part:
+            raise InvalidNameError(
+                f"invalid subject name {_shown(name)}: a Hub repo name cannot end with '-' or '.' "
+                "or contain '--' (it could not be pushed)"
+            )
+    return name

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,20 +149,49 @@ def _area_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return (rows @ array.astype(np.float64) @ cols.T).astype(np.float32)
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192  # below PIL's decompression-bomb limits, far above any layout
+
+
+def _open_image(path: Path, what: str) -> Any:
+    """``path`` opened with only its header read, refused when not an image or over the pixel bound."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bound below says it in one line
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise LayoutError(f"{what} {path}: no such file") from None
+    except Image.DecompressionBombError:
+        raise LayoutError(f"{what} {path}: far more pixels than a layout needs (at most {MAX_IMAGE_PIXELS}); scale it down") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise LayoutError(f"{what} {path}: not a readable image ({type(exc).__name__})") from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise LayoutError(
+            f"{what} {path}: {img.width}x{img.height} pixels is more than a layout needs "
+            f"(at most {MAX_IMAGE_PIXELS} pixels); scale it down"
+        )
+    return img
+
+
+def check_image_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a layout file that is missing, not an image or too large, reading its header only.
+
+    Cheap: run before any model is loaded."""
+    _open_image(Path(path), what).close()
+
+
 def _load_image(image: Any, what: str) -> np.ndarray:
     """An image (path, PIL image or array) as an array; RGB(A) kept, no resizing."""
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
-
         path = Path(image)
-        try:
-            with Image.open(path) as img:
+        with _open_image(path, what) as img:
+            try:
                 img.load()
-                image = img.copy()
-        except FileNotFoundError:
-            raise LayoutError(f"{what} {path}: no such file") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise LayoutError(f"{what} {path}: not a readable image ({type(exc).__name__})") from None
+            except OSError as exc:
+                raise LayoutError(f"{what} {path}: not a readable image ({type(exc).__name__})") from None
+            image = img.copy()
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
         mode = image.mode
         if mode in ("1", "L", "I", "F", "I;16"):

@@ -48,6 +48,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import TokenLocationError, UsageError
+from ..world import components as _world_components  # noqa: F401 -- lets from_pretrained load world-model folders
 from .attention import GuidanceCall, install, restore
 from .attention_maps import AttentionRecorder
 from .layout import Layout, latent_grids

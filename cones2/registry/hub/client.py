@@ -46,6 +46,12 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def hf_errors() -> Any:
+    from huggingface_hub import errors
+
+    return errors
+
+
 class StaleParentError(ConflictError):
     """The branch moved since its head was read (HTTP 412/409 on commit): re-read and retry."""
 
@@ -61,10 +67,16 @@ def translate(what: str, endpoint: str) -> Iterator[None]:
     """Turn huggingface_hub / HTTP failures during ``what`` into one-line cones2 errors."""
     from huggingface_hub import errors as hf
 
+    from .http import RetriesExhausted, begin_operation, configure, end_operation, tries_so_far
+
+    configure()
+    token = begin_operation()
     try:
         yield
     except (ConflictError, NotFoundError, RemoteError):
         raise
+    except RetriesExhausted as exc:
+        raise RemoteError(f"{what}: {endpoint} failed: {exc}") from None
     except hf.OfflineModeIsEnabled:
         raise RemoteError(f"{what}: offline (HF_HUB_OFFLINE is set) and not in the local Hub cache") from None
     except hf.LocalEntryNotFoundError:
@@ -83,14 +95,24 @@ def translate(what: str, endpoint: str) -> Iterator[None]:
         if status in (401, 403):
             raise RemoteError(f"{what}: not allowed by {endpoint} (HTTP {status}); set HF_TOKEN or log in") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RemoteError(f"{what}: {endpoint} answered HTTP {status}: {first}") from None
+        n = tries_so_far()
+        raise RemoteError(f"{what}: {endpoint} answered HTTP {status} (tried {n} time{'s' if n != 1 else ''}): {first}") from None
+    except RecursionError:  # huggingface_hub decodes answers with json.loads: nesting depth is not bounded there
+        raise RemoteError(f"{what}: {endpoint} answered JSON nested too deeply to be a Hub answer") from None
     except (OSError, ValueError) as exc:  # connection errors, cut downloads, bad answers
-        raise RemoteError(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
+        n = tries_so_far()
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise RemoteError(f"{what}: {type(exc).__name__} (tried {n} time{'s' if n != 1 else ''}): {text}".rstrip(": ")) from None
     except Exception as exc:  # httpx2 errors that are not OSError
         if type(exc).__module__.split(".")[0] in ("httpx2", "httpx", "huggingface_hub", "httpcore", "h11"):
             text = str(exc).splitlines()[0] if str(exc) else ""
-            raise RemoteError(f"{what}: cannot talk to {endpoint}: {type(exc).__name__} {text}".strip()) from None
+            n = tries_so_far()
+            raise RemoteError(
+                f"{what}: cannot talk to {endpoint} (tried {n} time{'s' if n != 1 else ''}): {type(exc).__name__} {text}".strip()
+            ) from None
         raise
+    finally:
+        end_operation(token)
 
 
 class HubClient:
@@ -135,9 +157,13 @@ class HubClient:
         """A file of ``repo_id`` at ``revision`` through the Hub cache (resumes cut downloads)."""
         from huggingface_hub import hf_hub_download
 
+        from .http import RetriesExhausted, configure
+
         offline = is_offline()
-        with translate(f"download {repo_id}/{filename}@{revision}", self.endpoint):
-            path = hf_hub_download(
+        etag_timeout = configure().read_timeout
+
+        def fetch(local_only: bool) -> str:
+            return hf_hub_download(
                 repo_id,
                 filename,
                 repo_type=REPO_TYPE,
@@ -145,11 +171,24 @@ class HubClient:
                 cache_dir=hub_cache_dir(),
                 endpoint=self.endpoint,
                 token=None,
-                local_files_only=offline,
-                force_download=force and not offline,
+                local_files_only=local_only,
+                force_download=force and not local_only,
+                etag_timeout=etag_timeout,
                 library_name="cones2",
                 library_version=__version__,
             )
+
+        what = f"download {repo_id}/{filename}@{revision}"
+        with translate(what, self.endpoint):
+            try:
+                path = fetch(offline)
+            except RetriesExhausted as exc:
+                if force:
+                    raise
+                try:  # the server failed: a copy in the Hub cache still serves (as huggingface_hub does itself)
+                    path = fetch(True)
+                except hf_errors().LocalEntryNotFoundError:
+                    raise RemoteError(f"{what}: {self.endpoint} failed: {exc}") from None
         return Path(path)
 
     def list_subject_repos(self, namespace: str, search: str | None = None, filters: tuple[str, ...] = ()) -> list[Any]:

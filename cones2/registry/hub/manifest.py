@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from ... import __version__
+from ... import __version__, jsonlimits
 from ...errors import RemoteError
 
 MANIFEST_FILE = "cones2.json"
+MAX_MANIFEST_BYTES = 1 << 20
 RESIDUAL_FILE = "residual.safetensors"
 CARD_FILE = "README.md"
 MANIFEST_FORMAT = "cones2.subject"
@@ -116,8 +117,12 @@ class Manifest:
 
 def parse_manifest(data: bytes, source: str) -> Manifest:
     """Decode and validate ``cones2.json``; every problem is one RemoteError naming ``source``."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise RemoteError(f"{source}: {MANIFEST_FILE} is {len(data)} bytes, more than a manifest can be; refused")
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = jsonlimits.loads(data)
+    except jsonlimits.JSONLimitError as exc:
+        raise RemoteError(f"{source}: {MANIFEST_FILE} refused ({exc})") from None
     except (UnicodeDecodeError, ValueError):
         raise RemoteError(f"{source}: {MANIFEST_FILE} is not valid JSON") from None
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
@@ -137,6 +142,10 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
     version, size = need("version", int), need("size", int)
     sha, fingerprint = need("sha256", str), need("base_fingerprint", str)
     shape, token_ids = need("shape", list), need("token_ids", list)
+    from ...residual_file import MAX_RESIDUAL_BYTES
+
+    if size > MAX_RESIDUAL_BYTES:
+        raise RemoteError(f"{source}: manifest declares a residual of {size} bytes, more than {MAX_RESIDUAL_BYTES}; refused")
     if version < 1 or size < 1 or not _HEX64.fullmatch(sha) or not _HEX64.fullmatch(fingerprint):
         raise RemoteError(f"{source}: manifest has an invalid version, size, sha256 or base fingerprint")
     if raw.get("file", RESIDUAL_FILE) != RESIDUAL_FILE:

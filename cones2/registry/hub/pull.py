@@ -36,6 +36,7 @@ from ...errors import (
 from .client import HubClient, is_offline
 from .manifest import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     RESIDUAL_FILE,
     SUBJECT_TAG,
     Manifest,
@@ -100,6 +101,9 @@ def _check_base(manifest: Manifest, source: str, info: Any) -> None:
             f"{source}: made for base model {manifest.base_fingerprint[:12]}{made_for}, not for the local base model "
             f"{info.fingerprint[:12]} ({info.source}); refused, nothing stored (set CONES2_BASE_MODEL to the model it was made for)"
         )
+    from ...tokencheck import check_word_ids
+
+    check_word_ids(info.path, manifest.word, manifest.token_ids, source, info.source)
 
 
 def _local(cat: Any, name: str, version: int) -> Any | None:
@@ -113,6 +117,8 @@ def _fetch_manifest(client: HubClient, repo_id: str, label: str) -> tuple[Manife
     path = client.download(repo_id, MANIFEST_FILE, label)
     commit = path.parent.name if _COMMIT_RE.fullmatch(path.parent.name) else None
     source = f"{repo_id}@{label}"
+    if path.stat().st_size > MAX_MANIFEST_BYTES:  # checked before reading it whole
+        raise RemoteError(f"{source}: {MANIFEST_FILE} is {path.stat().st_size} bytes, more than a manifest can be; refused")
     manifest = parse_manifest(path.read_bytes(), source)
     expected = tag_version(label)
     if expected is not None and manifest.version != expected:
