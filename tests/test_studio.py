@@ -88,19 +88,19 @@ def test_page_and_state(studio: Any, demo_model_dir: Path) -> None:
 def test_library_lists_versions_tags_and_compatibility(studio: Any, dog: str, tmp_path: Path) -> None:
     from cones2.registry import open_catalogue
 
-    other = write_residual(tmp_path / "mug.safetensors", "f" * 64, word="mug", seed=1)
+    other = write_residual(tmp_path / "cat.safetensors", "f" * 64, word="cat", seed=1)
     with open_catalogue() as cat:
         cat.add(str(write_residual(tmp_path / "dog2.safetensors", fingerprint_of_model(), word="dog", seed=2)), "dog-max")
         cat.tag("dog-max@1", "stable")
-        cat.add(str(other), "mug-blue", check_base=False)
+        cat.add(str(other), "cat-grey", check_base=False)
     status, data = call(studio, "/api/subjects")
     assert status == 200
     subject = {s["name"]: s for s in data["subjects"]}["dog-max"]
     assert [v["version"] for v in subject["version_list"]] == [1, 2]
     assert subject["version_list"][0]["tags"] == ["stable"] and subject["compatible"]
     assert all(v["compatible"] for v in subject["version_list"])
-    mug = {s["name"]: s for s in data["subjects"]}["mug-blue"]
-    assert not mug["compatible"] and mug["version_list"][0]["word"] == "mug"
+    grey = {s["name"]: s for s in data["subjects"]}["cat-grey"]
+    assert not grey["compatible"] and grey["version_list"][0]["word"] == "cat"
     status, found = call(studio, "/api/subjects?q=dog")
     assert [s["name"] for s in found["subjects"]] == ["dog-max"]
     status, none = call(studio, "/api/subjects?q=zebra")
@@ -121,7 +121,7 @@ def test_words_offer_only_words_of_the_prompt_with_subjects(studio: Any, dog: st
     assert data["words"] == []
 
 
-def test_render_shows_image_layout_and_attention_with_progress(studio: Any, dog: str) -> None:
+def test_render_shows_image_layout_and_attention_with_progress(studio: Any, dog: str, monkeypatch: pytest.MonkeyPatch) -> None:
     status, job = call(studio, "/api/render", page())
     assert status == 202 and job["status"] in ("queued", "running", "done")
     job = wait(studio, job)
@@ -133,18 +133,24 @@ def test_render_shows_image_layout_and_attention_with_progress(studio: Any, dog:
     image = Image.open(io.BytesIO(png))
     assert image.size == (64, 64)
     record = json.loads(image.text["cones2"])
-    assert record["subjects"]["dog"]["ref"] == "dog-max" and record["seed"] == 3
-    assert record["studio"]["boxes"] == {"dog": [0.1, 0.2, 0.6, 0.9]}
+    assert record["composition"]["subjects"] == {"dog": "dog-max"} and record["seed"] == 3
+    assert record["composition"]["layout"]["boxes"] == {"dog": [0.1, 0.2, 0.6, 0.9]}
+    assert {k: (s["name"], s["version"]) for k, s in result["resolved"]["subjects"].items()} == {"dog": ("dog-max", 1)}
     assert call(studio, result["layout"])[0] == 200
     assert set(result["attention"]) == {"dog"} and call(studio, result["attention"]["dog"])[0] == 200
-    # the same design renders the same pixels again (the model stays loaded)
+    # the same design renders the same pixels again, on the pipeline the first render loaded
+    from cones2.sampler.pipeline import Cones2Pipeline
+
+    loads = []
+    monkeypatch.setattr(Cones2Pipeline, "from_pretrained", lambda *a, **k: loads.append(a) or 1 / 0)
     again = wait(studio, call(studio, "/api/render", page())[1])
+    assert again["status"] == "done" and loads == [], again["error"]
     png2 = call(studio, again["result"]["image"])[1]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png2))), np.asarray(image))
 
 
 @pytest.mark.parametrize("design, status, text", [
-    (page(subjects={"dog": "no-such-dog"}), 404, "subject 'dog': "),
+    (page(subjects={"dog": "no-such-dog"}), 404, "subjects.dog: unknown subject 'no-such-dog'"),
     (page(subjects={"cat": "dog-max"}), 400, "subject 'cat': the word does not occur in the prompt"),
     (page(boxes={"dog": [0.6, 0.2, 0.1, 0.9]}), 400, "box 'dog'"),
     (page(prompt=""), 400, "prompt: type a prompt first"),
@@ -168,7 +174,7 @@ def test_subject_of_another_base_model_is_refused(studio: Any, tmp_path: Path) -
         cat.add(str(write_residual(tmp_path / "d.safetensors", "f" * 64, word="dog")), "dog-other", check_base=False)
     got, err = call(studio, "/api/render", page(subjects={"dog": "dog-other"}))
     assert got == 400 and err["kind"] == "BaseModelMismatchError", err
-    assert err["error"].startswith("subject 'dog': ") and "\n" not in err["error"]
+    assert err["error"].startswith("subjects.dog: dog-other@1 was learned on base model ffffffffffff") and "\n" not in err["error"]
 
 
 def test_a_second_render_is_queued_not_lost() -> None:
@@ -203,6 +209,8 @@ def test_save_writes_a_composition_that_opens_to_the_same_design(studio: Any, do
     status, out = call(studio, "/api/save", {"design": page(weights={"dog": 3.0})})
     assert status == 200
     path = Path(out["path"])
+    assert out["lock"] == str(path) + ".lock" and Path(out["lock"]).is_file()
+    assert "dog-max" in Path(out["lock"]).read_text()
     assert path == studio.RequestHandlerClass.studio.folder / "beach.cones2.toml"
     data = tomllib.loads(path.read_text())
     assert data["format"] == "cones2-composition" and data["prompt"] == PROMPT and data["seeds"] == [3]
@@ -225,7 +233,7 @@ def test_open_refuses_foreign_files_in_one_line(studio: Any) -> None:
     plain = io.BytesIO()
     Image.new("RGB", (4, 4)).save(plain, format="PNG")
     for name, data, text in [
-        ("plain.png", plain.getvalue(), "not made by cones2"),
+        ("plain.png", plain.getvalue(), "plain.png: no cones2 metadata in this image"),
         ("x.toml", b"prompt = [", "neither a PNG nor a composition file"),
         ("x.toml", b'format = "other"\nprompt = "a dog"', "not a cones2 composition"),
     ]:

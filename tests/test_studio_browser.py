@@ -1,7 +1,7 @@
 """cones2 studio end to end in a real headless Chromium (Debian's chromium + chromedriver, Selenium).
 
 Type a prompt, pick a subject, draw its box with the mouse, render, see the image, save,
-and re-render the saved composition from the command line to the same pixels. Skips,
+and re-render the saved, locked composition with ``cones2 render`` to the same pixels. Skips,
 saying why, only where Chromium or its driver cannot be found (``make test`` installs
 them through .ci/chromium.sh).
 """
@@ -71,8 +71,6 @@ def test_compose_render_save_and_rerender_from_the_command_line(browser: Any, st
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from cones2.studio.adapter import open_file
-
     find = browser.find_element
     browser.get(studio.url)
     until(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
@@ -112,18 +110,19 @@ def test_compose_render_save_and_rerender_from_the_command_line(browser: Any, st
     with urllib.request.urlopen(src) as res:
         studio_png = res.read()
 
-    # save: the composition file lands in the studio's folder
+    # save: the composition file and its lock land in the studio's folder
     find(By.ID, "save").click()
     saved = Path(until(browser, lambda d: d.find_elements(By.ID, "saved-path"))[0].text)
     assert saved == tmp_path / "work" / "beach.cones2.toml" and saved.is_file()
+    lock = Path(find(By.ID, "saved-lock").text)
+    assert lock == saved.with_name(saved.name + ".lock") and "dog-max" in lock.read_text()
 
-    # ... and re-renders from the command line to the same pixels
-    design = open_file(saved.name, saved.read_bytes())
-    out = tmp_path / "cli.png"
-    cli = subprocess.run([str(Path(sys.executable).parent / "cones2"), "generate", *design.generate_args(str(out))],
+    # ... and the locked composition re-renders from the command line to the same pixels
+    out = tmp_path / "cli"
+    cli = subprocess.run([str(Path(sys.executable).parent / "cones2"), "render", str(saved), "--locked", "-o", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
-    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(io.BytesIO(studio_png))))
+    assert np.array_equal(np.asarray(Image.open(out / "beach-3.png")), np.asarray(Image.open(io.BytesIO(studio_png))))
 
     # a bad value is one line in the page, never a stack trace
     find(By.ID, "steps").clear()

@@ -6,14 +6,14 @@ turns it into a render call, a saved composition file and back, and reads the st
 out of a composition file or a PNG written by cones2. Nothing else in the studio
 imports the sampler.
 
-Today it renders through :class:`~cones2.sampler.pipeline.Cones2Pipeline` directly and
-writes the same PNG record as ``cones2 generate``; the composition file has the shape
-of ``NAME.cones2.toml`` (format ``cones2-composition`` 1).
+A design becomes a :class:`~cones2.composition.Composition`; renders go through
+:func:`cones2.composition.render` with one model load kept between renders (so
+``cones2 render NAME.cones2.toml`` draws the same pixels), Save writes the composition
+file and its lock, Open reads a composition file or a cones2 PNG back into a design.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -192,84 +192,35 @@ class Design:
         }
         return cls.from_page(page)
 
-    # -- the equivalent command line -----------------------------------------------
+    def composition(self, model: str | None = None) -> Any:
+        """This design as a validated :class:`~cones2.composition.Composition` on base ``model``."""
+        from ..composition import Composition
 
-    def generate_args(self, output: str) -> list[str]:
-        """``cones2 generate`` arguments that render the same image from the command line."""
-        s = self.settings()
-        args = [self.prompt]
-        for word, ref in self.subjects.items():
-            args += ["--subject", f"{word}={ref}"]
-        for word, box in self.boxes.items():
-            args += ["--box", f"{word}=" + ",".join(f"{v:g}" for v in box)]
-        for word, w in self.weights.items():
-            args += ["--weight", f"{word}={w:g}"]
-        args += ["--preset", s.preset, "--seed", str(self.seed), "--steps", str(s.steps), "--cfg", f"{s.guidance_scale:g}",
-                 "--guidance-weight", f"{s.guidance_weight:g}"]
-        if s.guidance_steps is not None:
-            args += ["--guidance-steps", str(s.guidance_steps)]
-        if not s.self_recurrence:
-            args.append("--no-self-recurrence")
-        if self.height:
-            args += ["--height", str(self.height), "--width", str(self.width)]
-        if self.negative_prompt:
-            args += ["--negative-prompt", self.negative_prompt]
-        return [*args, "-o", output]
+        data = self.to_composition()
+        if model is not None:
+            data["base_model"] = model
+        return Composition.from_dict(data, name=self.name)
 
 
 # ---------------------------------------------------------------------- save / open
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k, ensure_ascii=False)
-
-
-def _dump_toml(data: Mapping[str, Any], header: str) -> str:
-    """Scalars first, then one ``[table]`` per mapping (nested tables as ``[a.b]``)."""
-    lines = [f"# {header}"]
-
-    def emit(prefix: str, table: Mapping[str, Any]) -> None:
-        if prefix:
-            lines.extend(["", f"[{prefix}]"])
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, Mapping))
-        for k, v in table.items():
-            if isinstance(v, Mapping):
-                emit(f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k), v)
-
-    emit("", data)
-    return "\n".join(lines) + "\n"
-
-
-def save_design(design: Design, folder: str | Path) -> dict[str, Any]:
-    """Write ``FOLDER/NAME.cones2.toml``; returns ``{"path", "lock", "command"}``."""
-    from ..fsutil import atomic_write_bytes, check_writable_folder
+def save_design(design: Design, folder: str | Path, model: str | None = None) -> dict[str, Any]:
+    """Write ``FOLDER/NAME.cones2.toml`` and its lock; returns ``{"path", "lock", "command"}``."""
+    from ..fsutil import check_writable_folder
 
     folder = Path(folder)
     check_writable_folder(folder)
-    path = folder / f"{design.name}{SUFFIX}"
-    text = _dump_toml(design.to_composition(), "cones2 composition, saved by cones2 studio")
-    try:
-        atomic_write_bytes(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    command = ["cones2", "generate", *design.generate_args(f"{design.name}.png")]
-    return {"path": str(path), "lock": None, "command": command}
+    composition = design.composition(model)
+    path = composition.save(folder / f"{design.name}{SUFFIX}")
+    lock = composition.lock(path)
+    return {"path": str(path), "lock": str(lock.path), "command": ["cones2", "render", str(path), "--locked"]}
 
 
 def open_file(name: str, data: bytes) -> Design:
     """The design in a composition file (TOML) or in a PNG written by cones2."""
+    from ..composition import Composition
+
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return _design_from_png(name, data)
     try:
@@ -281,120 +232,77 @@ def open_file(name: str, data: bytes) -> Design:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{name}: neither a PNG nor a composition file ({str(exc).splitlines()[0]})") from None
     stem = Path(name).name.removesuffix(SUFFIX).removesuffix(".toml")
-    return Design.from_composition(parsed, name=stem if _NAME.fullmatch(stem) else None)
+    try:
+        composition = Composition.from_dict(parsed, name=stem if _NAME.fullmatch(stem) else None)
+        return Design.from_composition(composition.to_dict())
+    except Cones2Error as exc:
+        raise type(exc)(f"{name}: {exc}") from None
 
 
 def _design_from_png(name: str, data: bytes) -> Design:
-    import io
+    """Through :func:`~cones2.composition.read_png_record` (which reads files), by way of a temporary copy."""
+    import tempfile
 
-    from PIL import Image
+    from ..composition import read_png_record
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            text = getattr(image, "text", {}).get("cones2")
-    except OSError as exc:
-        raise UsageError(f"{name}: not a readable PNG ({exc})") from None
-    if not text:
-        raise UsageError(f"{name}: this PNG was not made by cones2 (no cones2 metadata)")
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        raise UsageError(f"{name}: its cones2 metadata is not JSON") from None
-    if isinstance(record.get("studio"), Mapping):
-        return Design.from_page(record["studio"])
-    if isinstance(record.get("composition"), Mapping):
-        return Design.from_composition(record["composition"])
-    settings = record.get("settings") or {}
-    subjects = {}
-    for key, sub in (record.get("subjects") or {}).items():
-        ref = f"{sub['name']}@{sub['version']}" if sub.get("name") and sub.get("version") else sub.get("ref")
-        if ref:
-            subjects[key.partition("#")[0]] = ref
-    boxes = {r["subject"]: r["box"] for r in record.get("layout") or [] if r.get("box")}
-    weights = {r["subject"]: r["weight_in"] for r in record.get("layout") or [] if r.get("box") and r.get("weight_in") != 2.5}
-    return Design.from_page({
-        "prompt": record.get("prompt"), "subjects": subjects, "boxes": boxes, "weights": weights,
-        "preset": settings.get("preset"), "steps": settings.get("steps"),
-        "guidance_weight": settings.get("guidance_weight"), "seed": record.get("seed"), "size": settings.get("height"), "negative_prompt": record.get("negative_prompt"),
-    })
+    with tempfile.TemporaryDirectory(prefix="cones2-studio-open-") as tmp:
+        path = Path(tmp) / "upload.png"
+        path.write_bytes(data)
+        try:
+            composition, _, seed = read_png_record(path)
+            return Design.from_composition({**composition.to_dict(), "seeds": [seed]})
+        except Cones2Error as exc:
+            raise type(exc)(str(exc).replace(str(path), name)) from None
 
 
 # ---------------------------------------------------------------------- checks and render
 
 
-def check_design(design: Design, model: str | None = None) -> None:
-    """Refuse unknown subjects and subjects of another base model before queueing a render."""
-    from ..base_model import model_info
-    from ..registry import open_catalogue
+def check_design(design: Design, model: str | None = None) -> Any:
+    """Resolve the design's subjects now (unknown subject, another base model, a word the
+    subject was not learned for: refused in one line before anything is queued); returns the
+    :class:`~cones2.composition.Resolution`."""
+    from ..composition import resolve
 
-    if not design.subjects:
-        return
-    fingerprint = model_info(model).fingerprint
-    with open_catalogue() as cat:
-        for word, ref in design.subjects.items():
-            try:
-                record = cat.resolve(ref, base_fingerprint=fingerprint)
-            except Cones2Error as exc:
-                raise type(exc)(f"subject {word!r}: {exc}") from None
-            if record.word.lower() != word.lower():
-                raise UsageError(f"subject {word!r}: {record.ref} was learned for the word {record.word!r}")
+    return resolve(design.composition(model))
+
+
+def unet_passes(settings: Any, guided: bool) -> int:
+    """UNet passes for one image: every step, plus one per guided step with self-recurrence."""
+    if not guided:
+        return settings.steps
+    n_guided = settings.steps if settings.guidance_steps is None else min(settings.steps, settings.guidance_steps)
+    return settings.steps + (n_guided if settings.self_recurrence else 0)
 
 
 class Renderer:
-    """Renders designs with one pipeline kept loaded between renders (one thread at a time)."""
+    """Renders designs through :func:`cones2.composition.render`, one at a time, with the
+    base model loaded once and kept for the next render."""
 
     def __init__(self, model: str | None = None, device: str | None = None) -> None:
         self.model = model
         self.device = device
-        self._pipe: Any = None
+        self._pipelines: Any = None
         self._lock = threading.Lock()
 
-    def _pipeline(self) -> Any:
-        if self._pipe is None:
-            import torch
-
-            from ..base_model import model_info, resolve_model_path
-            from ..sampler.generate import _quiet_loading
-            from ..sampler.pipeline import Cones2Pipeline
-
-            info = model_info(self.model)
-            _, folder = resolve_model_path(self.model, full=True)
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            _quiet_loading()
-            pipe = Cones2Pipeline.from_pretrained(str(folder), dtype=dtype, safety_checker=None,
-                                                  requires_safety_checker=False)
-            pipe.base_fingerprint = info.fingerprint
-            pipe = pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe, self._info, self._device, self._dtype = pipe, info, device, str(dtype).removeprefix("torch.")
-        return self._pipe
-
     def render(self, design: Design, folder: str | Path, on_step: OnStep | None = None) -> dict[str, Any]:
-        """Render ``design`` into ``folder``: ``image.png`` (with the cones2 record), ``layout.png``
-        and one attention overlay per subject. Returns their paths and the record."""
+        """Render ``design`` into ``folder``: ``image.png`` (its metadata holds the composition),
+        ``layout.png`` and one attention overlay per subject when there is a layout."""
         with self._lock:
             return self._render(design, Path(folder), on_step)
 
     def _render(self, design: Design, folder: Path, on_step: OnStep | None) -> dict[str, Any]:
-        from PIL.PngImagePlugin import PngInfo
+        from ..composition import RenderJob, RenderOptions, render
+        from ..composition.render import PipelineCache, pick_device
 
-        from .. import __version__
-        from ..demo_model import DEMO_NOTICE
-        from ..sampler.attention_maps import save_attention_maps
-        from ..sampler.layout import Layout
-
-        check_design(design, self.model)
-        pipe = self._pipeline()
-        s = design.settings()
-        size = pipe.unet.config.sample_size
-        size = (size if isinstance(size, int) else size[0]) * pipe.vae_scale_factor
-        height, width = design.height or size, design.width or size
-        layout = None
-        if design.boxes:
-            layout = Layout.from_boxes(design.boxes, weights=design.weights or None, size=(height, width))
-        n_guided = 0 if layout is None else min(s.steps, s.steps if s.guidance_steps is None else s.guidance_steps)
-        total = s.steps + (n_guided if s.self_recurrence else 0)
+        composition = design.composition(self.model)
+        resolution = check_design(design, self.model)
+        if self._pipelines is None:
+            self._pipelines = PipelineCache(pick_device(self.device))
+        device = self._pipelines.device
+        dtype = composition.dtype or ("float16" if device.type == "cuda" else "float32")
+        pipe, _ = self._pipelines.get(composition.base_model, dtype)  # loaded here once, then kept
+        total = unet_passes(composition.sampler, composition.layout is not None)
         done = [0]
 
         def count(*_: Any) -> None:
@@ -404,47 +312,29 @@ class Renderer:
 
         if on_step is not None:
             on_step(0, total)
+        folder.mkdir(parents=True, exist_ok=True)
+        guided = composition.layout is not None
         hook = pipe.unet.register_forward_pre_hook(count)
         try:
-            out = pipe(
-                design.prompt, design.subjects, layout, settings=s, negative_prompt=design.negative_prompt,
-                seed=design.seed, height=height, width=width,
-                return_attention_maps=bool(design.subjects) and layout is not None,
+            result = render(
+                [RenderJob(composition, resolution, outputs=(folder / "image.png",))],
+                RenderOptions(output_dir=folder, device=str(device), contact_sheet=False,
+                              attention_dir=folder if guided else None),
+                pipelines=self._pipelines,
             )
         finally:
             hook.remove()
-        info = self._info
-        record: dict[str, Any] = {
-            "prompt": design.prompt, "negative_prompt": design.negative_prompt, "subjects": out.info["subjects"],
-            "layout": out.info["layout"],
-            "settings": {
-                **s.to_dict(), "guided_steps": out.info["guided_steps"], "scheduler_class": type(pipe.scheduler).__name__,
-                "height": height, "width": width, "num_images": 1, "dtype": self._dtype, "device": self._device,
-                "overlap": "share",
-            },
-            "seed": design.seed,
-            "base_model": {"source": info.source, "fingerprint": info.fingerprint, "is_demo": info.is_demo,
-                           "notice": DEMO_NOTICE if info.is_demo else None},
-            "cones2_version": __version__,
-            "studio": design.to_page(),
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = PngInfo()
-        meta.add_text("prompt", design.prompt)
-        meta.add_text("cones2", json.dumps({**record, "image_index": 0}, sort_keys=True, default=str))
-        image_path = folder / "image.png"
-        out.images[0].save(image_path, format="PNG", pnginfo=meta)
-        result: dict[str, Any] = {"image": str(image_path), "layout": None, "attention": {}, "record": record,
-                                  "width": width, "height": height}
-        files = save_attention_maps(folder, out.images, out.attention_maps or {}, layout=layout, stem="image")
-        for path in files:
-            if path.name == "layout.png":
-                result["layout"] = str(path)
-        for key in out.attention_maps or {}:
-            match = [p for p in files if p.name.startswith("image-0-attention-") and p.stem.endswith(_safe(key))]
+        image = result.images[0]
+        layout = next((p for p in result.attention_maps if p.name == "layout.png"), None)
+        attention = {}
+        for key in (s.key for s in composition.subjects):
+            match = [p for p in result.attention_maps if p.name.startswith("image-0-attention-") and p.stem.endswith(_safe(key))]
             if match:
-                result["attention"][key] = str(match[0])
-        return result
+                attention[key] = str(match[0])
+        settings = image.info.get("settings", {})
+        return {"image": str(image.path), "layout": str(layout) if layout else None, "attention": attention,
+                "width": settings.get("width"), "height": settings.get("height"),
+                "subjects": image.info.get("subjects", {}), "resolved": resolution.to_dict()}
 
 
 def _safe(key: str) -> str:

@@ -68,7 +68,7 @@ class Studio:
                 "layout": base + Path(out["layout"]).name if out["layout"] else None,
                 "attention": {k: base + Path(p).name for k, p in out["attention"].items()},
                 "width": out["width"], "height": out["height"], "seed": design.seed,
-                "subjects": out["record"]["subjects"],
+                "subjects": out["subjects"], "resolved": out["resolved"],
             }
 
         job = self.jobs.submit("render", design.prompt, work)
@@ -83,7 +83,7 @@ class Studio:
 
     def save(self, data: Any) -> dict[str, Any]:
         design = adapter.Design.from_page((data or {}).get("design"))
-        return adapter.save_design(design, self.folder)
+        return adapter.save_design(design, self.folder, self.model)
 
     def open(self, data: Any) -> dict[str, Any]:
         data = data or {}
