@@ -15,7 +15,7 @@ from PIL import Image
 
 from cones2.cli import main
 from cones2.composition import Composition, LayoutSpec, SubjectSpec, read_lock
-from cones2.errors import CompositionError
+from cones2.errors import CompositionError, LockError
 from cones2.sampler.presets import resolve_settings
 
 PROMPT = "a dog and a mug on the beach"
@@ -225,14 +225,29 @@ def test_version_range_and_upgrade_of_one_subject(tmp_path, dog_max, demo_text_e
     refused("lock", tmp_path / "bad.cones2.toml", code=8, text="subjects.dog: no version of dog-max matches >=7")
 
 
-def test_python_api_lock_and_render(tmp_path, dog_max):
+def test_python_api_lock_and_render(tmp_path, dog_max, demo_text_encoder, fp):
+    from cones2.registry import open_catalogue
+
     path = composition(seeds=(3,)).save(tmp_path / "beach.cones2.toml")
     comp = Composition.load(path)
     result = comp.lock(path)
     assert result.written and result.path == tmp_path / "beach.cones2.toml.lock"
-    rendered = comp.render(tmp_path / "out")
+    rendered = comp.render(tmp_path / "out", lock=path)
     assert [i.seed for i in rendered.images] == [3]
     assert Composition.from_png(rendered.images[0].path) == comp
+    with open_catalogue() as cat:
+        cat.add(residual(demo_text_encoder, fp, 1), "dog-max")  # version 2
+
+    def version(result) -> int:
+        return json.loads(Image.open(result.images[0].path).text["cones2"])["resolved"]["subjects"]["dog"]["version"]
+
+    assert version(comp.render(tmp_path / "pinned", lock=path)) == 1  # the lock beside the file
+    assert version(comp.render(tmp_path / "result", lock=result)) == 1  # the LockResult
+    assert (tmp_path / "pinned" / "beach-3.png").read_bytes() == rendered.images[0].path.read_bytes()
+    assert version(comp.render(tmp_path / "fresh")) == 2  # no lock: resolved afresh
+    with pytest.raises(LockError, match="dog-max@1 -> dog-max@2"):
+        comp.render(tmp_path / "refused", lock=path, locked=True)
+    assert not (tmp_path / "refused").exists()
 
 
 # ---------------------------------------------------------------------------- batches and processes
