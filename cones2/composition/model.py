@@ -494,12 +494,9 @@ class Composition:
 
     def render(self, output_dir: str | os.PathLike[str] = ".", *, lock: Any = None, locked: bool = False,
                **options: Any) -> Any:
-        """Render every seed into ``output_dir``; returns a RenderResult.
-
-        ``lock``: the composition's file (its ``.lock`` is used, and written when absent, as
-        ``cones2 render`` does; ``locked=True`` refuses a missing or stale lock) or the
-        LockResult of :meth:`lock`. Without it the subjects are resolved afresh.
-        """
+        """Render every seed into ``output_dir``; returns a RenderResult. ``lock``: the composition's
+        file (its ``.lock`` used as by ``cones2 render``; ``locked`` refuses a missing or stale one)
+        or a LockResult; without it the subjects are resolved afresh."""
         from .lock import LockResult, locked_resolution
         from .render import RenderJob, RenderOptions, render
         from .resolve import resolve
