@@ -263,9 +263,34 @@ def test_batch_over_two_processes_renders_each_image_once(tmp_path, dog_max):
     ok("render", first, second, "-o", tmp_path / "alone")  # one process, one model load
     for name in names:
         assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
-    # and each equals the image rendered alone with its seed
-    ok("render", first, "--seed", "2", "-o", tmp_path / "single")
-    assert np.array_equal(pixels(tmp_path / "single" / "beach-2.png"), pixels(tmp_path / "alone" / "beach-2.png"))
+    # and each equals the image rendered alone with its seed (its own command, its own model load)
+    for path, seed, name in ((first, 1, "beach-1.png"), (first, 2, "beach-2.png"), (second, 7, "park-7.png")):
+        ok("render", path, "--seed", seed, "-o", tmp_path / f"single-{seed}", "--no-contact-sheet")
+        assert np.array_equal(pixels(tmp_path / f"single-{seed}" / name), pixels(tmp_path / "split" / name)), name
+
+
+def test_ranks_of_accelerate_launch_render_each_image_once(tmp_path, dog_max, monkeypatch):
+    """Under `accelerate launch` (WORLD_SIZE/RANK set) each process renders its share, named as alone."""
+    first = composition(seeds=(1, 2)).save(tmp_path / "beach.cones2.toml")
+    second = composition(seeds=(7,), name="park", prompt="a dog and a mug in the park").save(tmp_path / "park.cones2.toml")
+    ok("lock", first, second)  # the launcher's processes share the locks; none of them writes one
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        data = json.loads(ok("render", "--locked", first, second, "-o", tmp_path / "ranks", "--json"))
+        shares.append(sorted(Path(i["path"]).name for i in data["images"]))
+        assert data["contact_sheet"] is None  # no process sees the whole batch
+    assert shares == [["beach-1.png", "park-7.png"], ["beach-2.png"]]
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("LOCAL_RANK")
+    ok("render", first, second, "-o", tmp_path / "alone")
+    names = sorted(p.name for p in (tmp_path / "ranks").iterdir())
+    assert names == ["beach-1.png", "beach-2.png", "park-7.png"]
+    for name in names:
+        assert (tmp_path / "ranks" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
 
 
 def test_seeds_batched_equal_single_renders_bit_for_bit(tmp_path, dog_max):
@@ -346,6 +371,11 @@ def test_render_refusals_are_one_line_and_write_nothing(tmp_path, dog_max, demo_
     residual(demo_text_encoder, fp, 6).save(mine)
     refused("render", "--locked", own, "-o", out, code=10, text="the lock pins")
     assert (tmp_path / "own.cones2.toml.lock").read_text() == own_lock
+    # --locked with no lock at all: nothing is resolved into a new lock
+    bare = composition(seeds=(1,), name="bare").save(tmp_path / "bare.cones2.toml")
+    refused("render", "--locked", bare, "-o", out, code=14, text="bare.cones2.toml.lock: no lock")
+    refused("lock", "--check", bare, code=14, text="no lock")
+    assert not (tmp_path / "bare.cones2.toml.lock").exists()
     # a PNG without cones2 metadata
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     refused("render", "--from-png", tmp_path / "plain.png", "-o", out, code=2, text="no cones2 metadata")
