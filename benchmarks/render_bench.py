@@ -77,7 +77,7 @@ def register_subjects(model: Path) -> None:
     with open_catalogue() as cat:
         for word, name in (("dog", "dog-max"), ("mug", "mug-red")):
             ids = word_token_ids(tokenizer, word)
-            cat.add(make_residual(0.1 * torch.randn(len(ids), hidden, generator=g), word, ids, info.fingerprint), name)
+            cat.add(make_residual(0.1 * torch.randn(len(ids), hidden, generator=g), word, ids, info.fingerprint), name, base=info)
 
 
 def write_composition(folder: Path, model: Path, size: int, steps: int, seeds: list[int]) -> Path:
