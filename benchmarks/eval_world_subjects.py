@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta", type=float, default=0.08, help="layout guidance weight of the guided runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
 
     import torch
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from cones2.world.scenes import VARIANTS
 
     torch.set_num_threads(args.threads)
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     names = list(VARIANTS)
     t0, c0 = time.perf_counter(), time.process_time()
     if args.refs:

@@ -265,9 +265,11 @@ def test_eval_world_harness_smoke(world_dir: Path, tmp_path: Path, capsys: pytes
         (subjects / f"{name}.safetensors").write_bytes(data)
     rc = eval_world.main(["--model", str(world_dir), "--prompts", "2", "--layout-prompts", "2", "--steps", "1",
                           "--weights", "0.08", "--ceiling", "8", "--subjects", str(subjects), "--subject-scenes", "1",
-                          "--json"])
+                          "--caption-scales", "2.0", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["scheduler"] == "default" and out["guidance_scale"] == 7.5
+    assert out["caption_by_scale"]["2.0"]["n"] == 2  # (a) again at a lower classifier-free guidance scale
     assert out["detector_ceiling"]["accuracy"] >= 0.85
     assert out["caption"]["n"] == 2 and 0.0 <= out["caption"]["accuracy"] <= 1.0
     assert [r["guidance_weight"] for r in out["layout"]] == [None, 0.08]
