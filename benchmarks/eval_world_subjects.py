@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s)",
         "load_average": os.getloadavg(),
         "results": [r.summary() for r in results],
+        "detector_ceiling": [{"subjects": c, "fidelity": f} for c, f in zip(cases, subjects.pattern_ceiling(cases, 50), strict=True)],
     }
     if args.json:
         print(json.dumps(out, indent=2))

@@ -39,6 +39,14 @@ def test_scores_count_fidelity_leakage_and_baseline() -> None:
     assert res2.summary()["guided"] is True
 
 
+def test_pattern_ceiling_on_ground_truth_is_high() -> None:
+    from cones2.world.subjects import pattern_ceiling
+
+    single, pair = pattern_ceiling([["striped-circle"], ["striped-circle", "dotted-square"]], 20)
+    assert single == {"striped-circle": 1.0}
+    assert set(pair) == {"striped-circle", "dotted-square"} and min(pair.values()) >= 0.9
+
+
 def test_guided_composition_carries_the_scene_boxes_and_the_settings(world_dir: Path) -> None:
     from cones2.composition import Composition
     from cones2.world.subjects import harness_settings, variant_composition

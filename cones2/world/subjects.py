@@ -155,6 +155,27 @@ def score(variants: Sequence[str], scenes: Sequence[Scene], with_subjects: Seque
     return SubjectScores(list(variants), guided, len(scenes), mean(fid), mean(leak), mean(base))
 
 
+def pattern_ceiling(cases: Sequence[Sequence[str]], scenes_per_case: int, *, seed: int = 0) -> list[dict[str, float]]:
+    """The detector's fidelity on ground truth: each case's scenes rendered *with* the variants'
+    patterns (the images a perfect model would draw); the most :func:`measure` can report."""
+    from dataclasses import replace
+
+    from .detect import detect
+    from .evaluate import composition_scenes
+
+    out = []
+    for case in cases:
+        hits: dict[str, list[float]] = {v: [] for v in case}
+        for scene in composition_scenes(list(case), scenes_per_case, seed=seed):
+            objs = tuple(replace(o, pattern=VARIANTS[v].pattern) for v, o in zip(case, scene.objects, strict=True))
+            det = detect(Scene(objs, seed=scene.seed, size=scene.size).render())
+            for v in case:
+                own = [d for d in det if d.colour == VARIANTS[v].colour]
+                hits[v].append(float(bool(own) and own[0].pattern == VARIANTS[v].pattern))
+        out.append({v: float(np.mean(h)) for v, h in hits.items()})
+    return out
+
+
 def measure(model: str | Path, refs: Mapping[str, str], cases: Sequence[Sequence[str]], scenes_per_case: int, *,
             settings: Any | None = None, guided: Sequence[bool] = (False, True), seed: int = 0) -> list[SubjectScores]:
     """(c)/(d): for each case (variants used together), ``scenes_per_case`` scenes holding one object
