@@ -40,6 +40,7 @@ class Probe:
     check: Callable[[Path, str, str], bool] = lambda home, out, err: True
     env: dict[str, str] = field(default_factory=dict)
     setup: Callable[[Path], None] = lambda home: None
+    command: list[str] | None = None  # instead of ``cones2 *args`` (e.g. a shell running several at once)
 
 
 def run_probe(probe: Probe, work: Path, base_env: dict[str, str]) -> dict:
@@ -51,7 +52,7 @@ def run_probe(probe: Probe, work: Path, base_env: dict[str, str]) -> dict:
     # /usr/bin/time measures the probe from a small parent: a child forked from this process
     # (numpy, torch) would count this process's pages in its own peak.
     rss_file = home / "peak-rss-kb"
-    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), CLI, *probe.args], env=env,
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *(probe.command or [CLI, *probe.args])], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - start
@@ -65,7 +66,27 @@ def run_probe(probe: Probe, work: Path, base_env: dict[str, str]) -> dict:
         proc.returncode == probe.exit_code and one_line and "Traceback" not in err and "Retrying" not in err
         and probe.check(home, out, err)
     )
-    return {"probe": probe.name, "held": ok, "exit": proc.returncode, "s": round(took, 2), "mb": peak_mb, "stderr": err.strip()[:160]}
+    return {"probe": probe.name, "cause": cause_of(probe.name), "held": ok, "exit": proc.returncode, "s": round(took, 2), "mb": peak_mb, "stderr": err.strip()[:160]}
+
+
+# The 11 causes, each with its probes (by the probe's name).
+CAUSES = {
+    1: ("damaged catalogue loses data", ("empty catalogue",)),
+    2: ("hang on a silent server", ("silent server",)),
+    3: ("Hub errors not one line", ("HTTP ", "reset:", "server down")),
+    4: ("deeply nested JSON", ("deep json",)),
+    5: ("huge or broken residual read whole", ("huge declared", "2 GB zero", "truncated", "random bytes", "NaN")),
+    6: ("token ids not spelling the word", ("token ids",)),
+    7: ("legacy .pt Parameter / sparse / payload", (".pt ",)),
+    8: ("version overflow", ("version ",)),
+    9: ("40000x40000 layout images", ("mask 40000", "layout image 40000")),
+    10: ("one colour for two words", ("one colour",)),
+    11: ("concurrency, --meta, unpushable names, search, refs", ("concurrent", "meta given", "name ", "search ", "ref ")),
+}
+
+
+def cause_of(name: str) -> int:
+    return next(n for n, (_, prefixes) in CAUSES.items() if name.startswith(prefixes))
 
 
 # ---------------------------------------------------------------- inputs
@@ -235,6 +256,10 @@ def probes(files: Path, fp: str) -> list[Probe]:
               lambda home, out, err: "--meta ignored" in out, setup=lambda home: subprocess.run(
                   [CLI, "add", str(files / "seed2.safetensors"), "--name", "dog"], env={**os.environ, "CONES2_HOME": str(home)},
                   check=True, capture_output=True)),
+        Probe("concurrent adds of the same content (8 processes)", [], 0,
+              lambda home, out, err: out.count('"created": true') == 1 and out.count('"created": false') == 7 and blob_count(home) == 1,
+              command=["sh", "-c", f"cd \"$CONES2_HOME\"; for i in 1 2 3 4 5 6 7 8; do {CLI} add {put('same.safetensors', good)} --name dog --json "
+                       "> out$i & done; wait; cat out*"]),
         Probe("version 0", ["add", put("v0.safetensors", good), "--name", "x", "--version", "0"], 2, nothing),
         Probe("name dog.", ["add", put("n1.safetensors", good), "--name", "dog."], 2, nothing),
         Probe("name dog-", ["add", put("n2.safetensors", good), "--name", "dog-"], 2, nothing),
@@ -294,12 +319,23 @@ def main() -> int:
                 print(f"{mark} {result['s']:5.2f} s {result['mb']:7.1f} MB  {probe.name}: exit {result['exit']}  {result['stderr'][:100]}")
     held = sum(r["held"] for r in results)
     summary = {"tried": len(results), "held": held, "broken": len(results) - held,
-               "max_s": max(r["s"] for r in results), "max_mb": max(r["mb"] for r in results)}
+               "max_s": max(r["s"] for r in results), "max_mb": max(r["mb"] for r in results),
+               "load_average": os.getloadavg()}
+    by_cause = {n: [r for r in results if r["cause"] == n] for n in CAUSES}
     if args.json:
         print(json.dumps({"summary": summary, "probes": results}, indent=2))
-    else:
-        print(f"tried {summary['tried']} / held {held} / broken {summary['broken']}  "
-              f"(slowest {summary['max_s']:.2f} s, largest {summary['max_mb']:.0f} MB)")
+        return 0 if held == len(results) else 1
+    print(f"\ntried {summary['tried']} / held {held} / broken {summary['broken']}  "
+          f"(slowest {summary['max_s']:.2f} s, peak memory {summary['max_mb']:.0f} MB; "
+          f"load average {' '.join(f'{x:.2f}' for x in summary['load_average'])})")
+    print("\n| # | cause | probes | held | slowest s | peak MB |\n|---|---|---|---|---|---|")
+    for n, (label, _) in CAUSES.items():
+        rows = by_cause[n]
+        print(f"| {n} | {label} | {len(rows)} | {sum(r['held'] for r in rows)} | "
+              f"{max(r['s'] for r in rows):.2f} | {max(r['mb'] for r in rows):.0f} |")
+    print("\nslowest probes:")
+    for r in sorted(results, key=lambda r: -r["s"])[:5]:
+        print(f"  {r['s']:5.2f} s {r['mb']:6.1f} MB  {r['probe']}{'' if r['held'] else '  (BROKEN)'}")
     return 0 if held == len(results) else 1
 
 

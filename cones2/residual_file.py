@@ -310,11 +310,14 @@ def read_legacy_pt(path: str | os.PathLike[str], hidden_size: int) -> np.ndarray
     ``torch.load(weights_only=True)``, which refuses any pickle that is not made of tensors and
     plain containers, so a malicious file is rejected without running.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ResidualNotFoundError(f"{path}: no such file")
+    from .ptscreen import screen_legacy_pt
+
+    screen_legacy_pt(path)  # refuses payloads, containers and sparse tensors before torch is imported
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not one line, not for users
             warnings.simplefilter("ignore")

@@ -205,6 +205,33 @@ def test_pt_accepts_parameters_and_refuses_sparse_in_one_line(tmp_path: Path) ->
     assert code == 3 and "dense tensor" in one_error(err)
 
 
+def test_pt_refusals_come_before_torch_is_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    torch.save(torch.randn(1, 32).to_sparse(), tmp_path / "sparse.pt")
+    torch.save({"residual": torch.randn(1, 32)}, tmp_path / "dict.pt")
+    (tmp_path / "payload.pt").write_bytes(b"\x80\x02cos\nsystem\n(S'echo pwned'\ntR.")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle at all")
+    torch.save(torch.nn.Parameter(torch.randn(32)), tmp_path / "param.pt")
+    script = (
+        "import sys\nfrom cones2.residual_file import read_legacy_pt\nfrom cones2.errors import InvalidResidualError\n"
+        f"for name in ('sparse', 'dict', 'payload', 'junk'):\n"
+        f"    try:\n        read_legacy_pt({str(tmp_path)!r} + '/' + name + '.pt', 32)\n"
+        "    except InvalidResidualError as exc:\n        print(name, exc)\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+        f"print(read_legacy_pt({str(tmp_path)!r} + '/param.pt', 32).shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [line.split()[0] for line in out[:4]] == ["sparse", "dict", "payload", "junk"]
+    assert "dense tensor, not a sparse one" in out[0] and "found dict" in out[1] and "'os system'" in out[2]
+    assert "refused legacy .pt file" in out[3]
+    assert out[4] == "no torch"  # every refusal above came from reading the pickle's opcodes, not from torch.load
+    assert out[5] == "(1, 32)"  # a Parameter passes the screen and loads
+
+
 # ---------------------------------------------------------------- 8. versions
 
 
@@ -344,3 +371,49 @@ def test_token_ids_are_checked_at_pull(demo_model_dir: Path) -> None:
     with pytest.raises(InvalidResidualError, match="spell"):
         _check_base(manifest, "hub", info)
     _check_base(SimpleNamespace(**{**vars(manifest), "token_ids": (643,)}), "hub", info)
+
+
+def test_add_takes_bytes_and_add_bytes_refuses_unpushable_names_like_add(tmp_path: Path, fp: str) -> None:
+    from cones2.errors import InvalidNameError
+    from cones2.registry import open_catalogue
+
+    data = residual_file(tmp_path / "d.safetensors", fp).read_bytes()
+    with open_catalogue() as cat:
+        record = cat.add(data, "dog", source="downloaded")
+        assert record.version == 1 and record.sha256 == __import__("hashlib").sha256(data).hexdigest()
+        with pytest.raises(InvalidNameError, match="could not be pushed"):
+            cat.add_bytes(data, "dog-")
+        assert cat.add_bytes(data, "cat", description="same bytes").name == "cat"
+
+
+def test_pt_import_encodes_the_word_like_transformers_without_importing_it(demo_model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from transformers import CLIPTokenizer
+
+    from cones2.residual import word_token_ids
+
+    reference = CLIPTokenizer.from_pretrained(str(demo_model_dir / "tokenizer"))
+    words = ["dog", "teapot", "Red  Mug", "cat-toy", "a's 3d", "café", "sks dog"]
+    script = (
+        "import json, sys\nfrom cones2.tokencheck import encode_word\n"
+        f"print(json.dumps([encode_word({str(demo_model_dir)!r}, w) for w in {words!r}]))\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert json.loads(out[0]) == [word_token_ids(reference, w) for w in words]
+    assert out[1] == "False"
+
+
+def test_add_refuses_bad_files_and_names_before_the_catalogue_is_created(tmp_path: Path, fp: str, cones2_home: Path) -> None:
+    (tmp_path / "random.safetensors").write_bytes(os.urandom(512))
+    (tmp_path / "payload.pt").write_bytes(b"\x80\x02cos\nsystem\n(S'echo pwned'\ntR.")
+    good = residual_file(tmp_path / "good.safetensors", fp)
+    for args, code in (([tmp_path / "random.safetensors", "--name", "x"], 3), ([tmp_path / "payload.pt", "--name", "x", "--word", "dog"], 3),
+                       ([tmp_path / "missing.pt", "--name", "x", "--word", "dog"], 8), ([good, "--name", "dog-"], 2), ([good, "--name", "dog", "--version", "0"], 2)):
+        got, _, err = run("add", *args)
+        assert got == code, err
+        one_error(err)
+    assert not (cones2_home / "catalogue.db").exists()  # nothing was opened, created or migrated for a refusal
+    assert run("add", good, "--name", "dog")[0] == 0 and (cones2_home / "catalogue.db").is_file()

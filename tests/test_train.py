@@ -316,6 +316,22 @@ def test_cli_train_json_and_bad_input(photos: Path, tmp_path: Path) -> None:
     assert missing.exit_code == TrainingError.exit_code and missing.stderr.startswith("Error: checkpoint checkpoint-9: not found")
 
 
+def test_cli_progress_bar_shows_step_and_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.progress import Progress
+
+    from cones2.cli.train import _progress
+    from cones2.train import TrainStep
+
+    updates: list[dict] = []
+    monkeypatch.setattr(Progress, "update", lambda self, task, **fields: updates.append(fields))
+    with _progress(True, 3) as on_step:
+        for step, loss in ((1, 0.51234), (2, 0.25)):
+            on_step(TrainStep(step, 3, loss, loss, 0.0, 0.0, 0.1))
+    assert updates == [{"completed": 1, "loss": "0.5123"}, {"completed": 2, "loss": "0.2500"}]
+    with _progress(False, 3) as silent:  # --json, or stderr not a terminal: no bar
+        assert silent is None
+
+
 def test_gradient_checkpointing_gives_the_same_residual(photos: Path) -> None:
     plain = train_subject([photos], "dog", "dog-a", config=quick(steps=1))
     checkpointed = train_subject([photos], "dog", "dog-b", config=quick(steps=1, gradient_checkpointing=True))
@@ -342,3 +358,102 @@ def test_interrupt_inside_a_step_writes_no_checkpoint(photos: Path, tmp_path: Pa
         train_subject([photos], "dog", "dog-max", config=quick(steps=3), output_dir=tmp_path / "run")
     assert not list((tmp_path / "run").glob("*checkpoint-*"))
     _nothing_registered()
+
+
+# ------------------------------------------------------------------ images, the latent cache, Ctrl-C from outside
+
+
+def test_images_resized_centre_cropped_and_encoded_once(tmp_path: Path, demo_model_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from cones2.train.data import encode_latents, load_images
+
+    # the README's rule: the shorter side is resized to the resolution (Lanczos), then the centre square is cropped
+    wide = _picture(tmp_path / "wide.png", 3, (50, 40))
+    (picture,) = load_images([wide], RES)
+    with Image.open(wide) as img:
+        expected = np.asarray(img.convert("RGB").resize((40, 32), Image.Resampling.LANCZOS))[:, 4:36]
+    np.testing.assert_array_equal(picture.pixels, expected)
+    assert picture.sha256 == hashlib.sha256(wide.read_bytes()).hexdigest()
+
+    vae = AutoencoderKL.from_pretrained(str(demo_model_dir), subfolder="vae").eval()
+    pictures = load_images([wide, _picture(tmp_path / "tall.png", 4, (32, 45))], RES)
+    cache = encode_latents(vae, pictures, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        pixels = torch.from_numpy(np.stack([p.pixels for p in pictures]).astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+        dist = vae.encode(pixels).latent_dist
+    scale = vae.config.scaling_factor
+    torch.testing.assert_close(cache.mean, dist.mean * scale)
+    torch.testing.assert_close(cache.std, dist.std * scale)
+    noise = torch.randn((2, *cache.mean.shape[1:]), generator=torch.Generator().manual_seed(0))
+    drawn = cache.sample([1, 0], noise, [True, False])
+    torch.testing.assert_close(drawn[0], (cache.mean[1] + cache.std[1] * noise[0]).flip(-1))  # mirrored
+    torch.testing.assert_close(drawn[1], cache.mean[0] + cache.std[0] * noise[1])
+
+    # a run encodes its images once (the reference re-encodes them every step)
+    calls: list[int] = []
+    real = AutoencoderKL.encode
+
+    def counting(self, x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(int(x.shape[0]))
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", counting)
+    train_subject([wide, tmp_path / "tall.png"], "dog", "dog-max", config=quick(steps=3))
+    assert calls == [2]
+
+
+CHILD = """
+import sys
+from cones2.cli import main
+from cones2.train import loop
+
+real = loop._Run.train_step
+
+def step(self):  # tells the parent, through stdout, that a step finished
+    out = real(self)
+    print("step", flush=True)
+    return out
+
+loop._Run.train_step = step
+main(sys.argv[1:], prog_name="cones2")
+"""
+
+
+def test_ctrl_c_on_a_cli_run_leaves_a_resumable_checkpoint(photos: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    out = tmp_path / "run"
+    args = ["train", str(photos), "--word", "dog", "--name", "dog-max", "--steps", "8", "--resolution", str(RES),
+            "--lr", "1e-3", "--flip", "--output-dir", str(out)]
+    child = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "step\n"
+        child.send_signal(signal.SIGINT)  # Ctrl-C during or just after step 2's start: that step finishes
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == TrainingInterrupted.exit_code == 130, stderr
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("Error: training interrupted after step ") and "resume with --resume latest" in message
+    done = int(message.split("after step ")[1].split()[0])
+    assert 1 <= done < 8 and stdout.count("step\n") == done - 1
+    assert (out / f"checkpoint-{done}" / "state.json").is_file()
+    _nothing_registered()
+
+    resumed = CliRunner().invoke(main, [*args, "--resume", "latest", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    data = json.loads(resumed.stdout)
+    assert data["ref"] == "dog-max@1" and data["resumed_from"] == str(out / f"checkpoint-{done}") and data["steps"] == 8
+    whole = train_subject([photos], "dog", "dog-whole", config=quick(steps=8, flip=True), output_dir=tmp_path / "whole")
+    _, a = _stored(whole.ref)
+    _, b = _stored("dog-max@1")
+    np.testing.assert_allclose(a.residual, b.residual, atol=1e-6)

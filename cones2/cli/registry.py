@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import IntegrityError, RegistryError, UsageError
+from ..errors import IntegrityError, RegistryError, ResidualNotFoundError, UsageError
 from ._output import emit, json_option
 
 
@@ -44,6 +45,28 @@ def _version_line(rec: Any) -> str:
     return f"{rec.ref}  sha256:{rec.sha256[:12]}  {rec.dtype} {'x'.join(map(str, rec.shape))}  word {rec.word!r}{tags}"
 
 
+def _checked_before_opening(file: str, name: str, version: int | None) -> str | bytes:
+    """The name and the file's own form are checked before the catalogue opens (a fresh home
+    would be created and migrated first); a residual file comes back as its bytes, read once."""
+    from ..registry.names import validate_name, validate_pushable_name
+    from ..registry.refs import check_version
+
+    validate_name(name)
+    validate_pushable_name(name)
+    check_version(version)
+    if Path(file).suffix.lower() in (".pt", ".pth", ".bin"):
+        from ..ptscreen import screen_legacy_pt
+        if not Path(file).is_file():
+            raise ResidualNotFoundError(f"{file}: no such file")
+        screen_legacy_pt(file)
+        return file
+    from ..residual_file import parse_residual, read_residual_bytes
+
+    data = read_residual_bytes(file)
+    parse_residual(data, file)
+    return data
+
+
 @click.command("add")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", "name", required=True, help="Subject name: lowercase, optionally namespace/name.")
@@ -56,8 +79,10 @@ def _version_line(rec: Any) -> str:
 def add(file: str, name: str, word: str | None, base: str | None, description: str | None, meta: tuple[str, ...], version: int | None, as_json: bool) -> None:
     """Add a residual FILE (cones2 residual or legacy .pt) as the next version of NAME."""
     metadata = _parse_meta(meta)
+    residual = _checked_before_opening(file, name, version)
     with _catalogue() as cat:
-        rec = cat.add(file, name, word=word, base=base, description=description, metadata=metadata, version=version)
+        rec = cat.add(residual, name, word=word, base=base, description=description, metadata=metadata, version=version,
+                      source=file)
         created, ignored = cat.last_created, list(cat.last_ignored)
     data = {**rec.to_dict(), "created": created, "ignored": ignored}
     note = "  (--meta ignored: this content is already stored and versions are immutable)" if "meta" in ignored else ""

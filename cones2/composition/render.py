@@ -207,6 +207,8 @@ def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None, *,
     rank, world, local_rank = _distributed()
     if world > 1:
         work = work[rank::world]
+    if options.on_image is not None and work:
+        options.on_image(0, len(work))  # everything is checked: the bar opens before the model loads
     if options.num_processes > 1 and len(work) > 1:
         images = _render_in_processes(jobs, work, options)
     else:

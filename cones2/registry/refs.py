@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidNameError
+from ..errors import InvalidNameError, UsageError
 from .names import validate_name, validate_tag
 
 DIGEST_PREFIX = "sha256:"
@@ -85,3 +85,9 @@ def parse_ref(text: str) -> Ref:
         return Ref(name, tag=tag)
     validate_name(text)
     return Ref(text)
+
+
+def check_version(version: int | None) -> None:
+    """Refuse a requested version number no ref could name (None: the next one)."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
+        raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, not {version!r}")

@@ -18,7 +18,7 @@ from ..errors import (
 from .names import validate_name, validate_pushable_name, validate_tag
 from .reads import CatalogueReads
 from .records import VersionRecord, _normalise_provenance, _record, _search_text
-from .refs import MAX_VERSION, Ref, parse_ref
+from .refs import MAX_VERSION, Ref, check_version, parse_ref
 from .store import sha256_hex
 
 if TYPE_CHECKING:
@@ -42,48 +42,7 @@ class CatalogueWrites(CatalogueReads):
 
     def add(
         self,
-        path_or_residual: str | os.PathLike[str] | ResidualFile,
-        name: str,
-        *,
-        word: str | None = None,
-        base: str | os.PathLike[str] | BaseModelInfo | None = None,
-        description: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        version: int | None = None,
-        provenance: Mapping[str, Any] | None = None,
-        base_revision: str | None = None,
-        check_base: bool = True,
-    ) -> VersionRecord:
-        """Add a residual (file, legacy ``.pt`` or :class:`ResidualFile`) as a version of ``name``.
-
-        ``base``: the base model it must belong to (folder, Hub id or BaseModelInfo;
-        default: configured, else demo). A legacy ``.pt`` needs ``word`` and is converted
-        with that base model's tokenizer. ``check_base=False`` records the residual's
-        own fingerprint without checking it against a local model (for pulls).
-        """
-        from ..residual_file import ResidualFile, parse_residual, read_residual_bytes
-
-        validate_name(name)
-        validate_pushable_name(name)
-        info = self._base_info(base) if (check_base or base is not None) else None
-        if isinstance(path_or_residual, ResidualFile):
-            residual, source = path_or_residual, name
-            data = residual.to_bytes()
-        else:
-            path = Path(path_or_residual)
-            source = str(path)
-            if path.suffix.lower() in (".pt", ".pth", ".bin"):
-                residual = self._import_legacy(path, word, info)
-                data = residual.to_bytes()
-            else:
-                data = read_residual_bytes(path)
-                residual = parse_residual(data, source)
-        return self._add(data, residual, name, source, info, word=word, description=description, metadata=metadata,
-                         version=version, provenance=provenance, base_revision=base_revision)
-
-    def add_bytes(
-        self,
-        data: bytes,
+        residual: str | os.PathLike[str] | ResidualFile | bytes,
         name: str,
         *,
         word: str | None = None,
@@ -96,14 +55,41 @@ class CatalogueWrites(CatalogueReads):
         check_base: bool = True,
         source: str | None = None,
     ) -> VersionRecord:
-        """Like :meth:`add` for residual bytes already in memory (e.g. downloaded); stored as given."""
-        from ..residual_file import parse_residual
+        """Add a residual (file, legacy ``.pt``, :class:`ResidualFile` or bytes) as a version of ``name``.
+
+        ``base``: the base model it must belong to (folder, Hub id or BaseModelInfo;
+        default: configured, else demo). A legacy ``.pt`` needs ``word`` and is converted
+        with that base model's tokenizer. Bytes (e.g. downloaded) are stored as given;
+        ``source`` names them (or a ResidualFile) in errors. ``check_base=False`` records the
+        residual's own fingerprint without checking it against a local model (for pulls).
+        """
+        from ..residual_file import ResidualFile, parse_residual, read_residual_bytes
 
         validate_name(name)
+        validate_pushable_name(name)
         info = self._base_info(base) if (check_base or base is not None) else None
-        residual = parse_residual(data, source or name)
-        return self._add(bytes(data), residual, name, source or name, info, word=word, description=description,
-                         metadata=metadata, version=version, provenance=provenance, base_revision=base_revision)
+        if isinstance(residual, (bytes, bytearray, memoryview)):
+            source = source or name
+            data = bytes(residual)
+            parsed = parse_residual(data, source)
+        elif isinstance(residual, ResidualFile):
+            parsed, source = residual, source or name
+            data = parsed.to_bytes()
+        else:
+            path = Path(residual)
+            source = str(path)
+            if path.suffix.lower() in (".pt", ".pth", ".bin"):
+                parsed = self._import_legacy(path, word, info)
+                data = parsed.to_bytes()
+            else:
+                data = read_residual_bytes(path)
+                parsed = parse_residual(data, source)
+        return self._add(data, parsed, name, source, info, word=word, description=description, metadata=metadata,
+                         version=version, provenance=provenance, base_revision=base_revision)
+
+    def add_bytes(self, data: bytes, name: str, **options: Any) -> VersionRecord:
+        """:meth:`add` of residual bytes already in memory (e.g. downloaded), with its keyword options."""
+        return self.add(bytes(data), name, **options)
 
     def _base_info(self, base: Any) -> BaseModelInfo:
         from ..base_model import BaseModelInfo, model_info
@@ -120,12 +106,9 @@ class CatalogueWrites(CatalogueReads):
         from ..residual_file import legacy_residual, read_legacy_pt
 
         array = read_legacy_pt(path, info.hidden_size)  # a refused file is refused before the tokenizer loads
-        from transformers import CLIPTokenizer
+        from ..tokencheck import encode_word
 
-        from ..residual import word_token_ids
-
-        tokenizer = CLIPTokenizer.from_pretrained(str(Path(info.path) / "tokenizer"))
-        return legacy_residual(array, path, word, word_token_ids(tokenizer, word), info.fingerprint)
+        return legacy_residual(array, path, word, encode_word(info.path, word), info.fingerprint)
 
     def _check_base(self, residual: ResidualFile, source: str, info: BaseModelInfo) -> None:
         if residual.hidden_size != info.hidden_size:
@@ -165,8 +148,7 @@ class CatalogueWrites(CatalogueReads):
     ) -> VersionRecord:
         if word is not None and word != residual.word:
             raise InvalidResidualError(f"{source}: the residual is for the word {residual.word!r}, not {word!r}")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION):
-            raise UsageError(f"version must be an integer from 1 to {MAX_VERSION}, not {version!r}")
+        check_version(version)
         if info is not None:
             self._check_base(residual, source, info)
         meta = {**residual.metadata, **dict(metadata or {})}
