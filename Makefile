@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: quickstart test lint postgres
+.PHONY: quickstart test lint postgres chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ quickstart: $(VENV)/.runtime
 postgres:
 	bash .ci/postgres.sh
 
-test: $(VENV)/.dev postgres
+chromium:
+	bash .ci/chromium.sh
+
+test: $(VENV)/.dev postgres chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev

@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-prompts", type=int, default=32, help="scenes for (b) (default 32)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--weights", type=float, nargs="*", default=[0.04, 0.08, 0.16])
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument("--caption-scales", type=float, nargs="*", default=[],
+                        help="also measure (a) at these classifier-free guidance scales")
+    parser.add_argument("--scheduler", default="default",
+                        help="sampler scheduler: default (the model's own DDIM, v-prediction; default) or reference (LMS order 1)")
     parser.add_argument("--subjects", type=Path, help="folder of <variant>.safetensors residuals for (c)/(d)")
     parser.add_argument("--subject-scenes", type=int, default=16)
     parser.add_argument("--ceiling", type=int, default=200, help="ground-truth scenes for the detector ceiling (default 200)")
@@ -93,18 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.model if args.model else newest_pipeline(args.run)
     pipe = load_world_pipeline(folder)
     started = time.perf_counter()
-    results: dict[str, Any] = {"model": str(folder), "steps": args.steps}
+    results: dict[str, Any] = {"model": str(folder), "steps": args.steps, "scheduler": args.scheduler,
+                               "guidance_scale": args.guidance_scale}
+    sample = {"steps": args.steps, "guidance_scale": args.guidance_scale, "scheduler": args.scheduler}
     marker = folder / "cones2_world.json"
     if marker.is_file():
         results["model_info"] = json.loads(marker.read_text())
     results["detector_ceiling"] = detector_ceiling(args.ceiling)
-    results["caption"] = ev.caption_accuracy(pipe, args.prompts, steps=args.steps).summary()
+    results["caption"] = ev.caption_accuracy(pipe, args.prompts, **sample).summary()
+    results["caption_by_scale"] = {
+        scale: ev.caption_accuracy(pipe, args.prompts, **{**sample, "guidance_scale": scale}).summary()
+        for scale in args.caption_scales
+    }
     scenes = ev.fixed_scenes(args.layout_prompts, seed=1)
-    unguided = ev.layout_accuracy(pipe, scenes, guidance_weight=None, steps=args.steps, keep_images=True)
+    unguided = ev.layout_accuracy(pipe, scenes, guidance_weight=None, keep_images=True, **sample)
     layout = [unguided.summary()]
     guided_imgs = None
     for w in args.weights:
-        r = ev.layout_accuracy(pipe, scenes, guidance_weight=w, steps=args.steps, keep_images=True)
+        r = ev.layout_accuracy(pipe, scenes, guidance_weight=w, keep_images=True, **sample)
         layout.append(r.summary())
         if guided_imgs is None or w == 0.08:
             guided_imgs = r.images
@@ -122,19 +133,23 @@ def main(argv: list[str] | None = None) -> int:
             for chosen in sets:
                 comp = ev.composition_scenes(chosen, args.subject_scenes)
                 for guided in (False, True):
-                    r = ev.subject_accuracy(pipe, {v: residuals[v] for v in chosen}, comp, guided=guided, steps=args.steps)
+                    r = ev.subject_accuracy(pipe, {v: residuals[v] for v in chosen}, comp, guided=guided, **sample)
                     subj.append(r.summary())
         results["subjects"] = subj
     results["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"model {folder}  ({results.get('model_info', {})})  steps {args.steps}  {results['seconds']} s")
+    print(f"model {folder}  ({results.get('model_info', {})})  steps {args.steps}, scheduler {args.scheduler}, "
+          f"guidance scale {args.guidance_scale}  {results['seconds']} s")
     c, ceiling = results["caption"], results["detector_ceiling"]
     print("\n(a) caption accuracy        all    " + "  ".join(f"{k} obj" for k in c["by_count"]))
     print(f"  detector on ground truth  {ceiling['accuracy']:.2f}   " + "  ".join(f"{v:.2f} " for v in ceiling["by_count"].values()))
     print(f"  model ({c['n']} prompts)      {c['accuracy']:.2f}   " + "  ".join(f"{v:.2f} " for v in c["by_count"].values())
           + f"   colours {c['colours']:.2f}, exact count {c['exact_count']:.2f}")
+    for scale, r in results["caption_by_scale"].items():
+        print(f"  model, guidance scale {scale:<4} {r['accuracy']:.2f}   " + "  ".join(f"{v:.2f} " for v in r["by_count"].values())
+              + f"   colours {r['colours']:.2f}, exact count {r['exact_count']:.2f}")
     print("\n(b) layout                  objects  mean IoU  hit rate  " + "  ".join(f"hit {k} obj" for k in layout[0]["hit_by_count"]))
     for r in layout:
         name = "unguided" if r["guidance_weight"] is None else f"guided, weight {r['guidance_weight']}"

@@ -286,6 +286,21 @@ def model_info(model: str | os.PathLike[str] | None = None) -> BaseModelInfo:
     )
 
 
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer of a base model folder: CLIP's, or the world model's word-level one (cones2.world)."""
+    path = Path(path)
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    world = isinstance(index, dict) and str(index.get("text_encoder", [""])[0]).startswith("cones2.world")
+    tok_class = index.get("tokenizer", [None, ""])[1] if isinstance(index, dict) else ""
+    if world or tok_class == "PreTrainedTokenizerFast":
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(path / "tokenizer"))
+
+
 def load_text_encoder(model: str | os.PathLike[str] | None = None):  # noqa: ANN201 - heavy types
     """Load ``(tokenizer, text_encoder)`` of a base model.
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cones2.cli import main
 from cones2.composition import Composition, LayoutSpec, SubjectSpec, read_lock
-from cones2.errors import CompositionError
+from cones2.errors import CompositionError, LockError
 from cones2.sampler.presets import resolve_settings
 
 PROMPT = "a dog and a mug on the beach"
@@ -133,7 +133,9 @@ def test_bad_composition_files_name_the_field(tmp_path, text, field):
     with pytest.raises(CompositionError, match=field.replace("(", r"\(")):
         Composition.load(path)
     refused("lock", path, code=2, text=field)
-    assert not (tmp_path / "x.cones2.toml.lock").exists()
+    refused("render", path, "-o", tmp_path / "out", code=2, text=field)
+    refused("lock", "--check", path, code=2, text=field)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.cones2.toml"]  # no lock, no images
 
 
 def test_init_writes_a_valid_commented_composition(tmp_path, monkeypatch):
@@ -223,14 +225,29 @@ def test_version_range_and_upgrade_of_one_subject(tmp_path, dog_max, demo_text_e
     refused("lock", tmp_path / "bad.cones2.toml", code=8, text="subjects.dog: no version of dog-max matches >=7")
 
 
-def test_python_api_lock_and_render(tmp_path, dog_max):
+def test_python_api_lock_and_render(tmp_path, dog_max, demo_text_encoder, fp):
+    from cones2.registry import open_catalogue
+
     path = composition(seeds=(3,)).save(tmp_path / "beach.cones2.toml")
     comp = Composition.load(path)
     result = comp.lock(path)
     assert result.written and result.path == tmp_path / "beach.cones2.toml.lock"
-    rendered = comp.render(tmp_path / "out")
+    rendered = comp.render(tmp_path / "out", lock=path)
     assert [i.seed for i in rendered.images] == [3]
     assert Composition.from_png(rendered.images[0].path) == comp
+    with open_catalogue() as cat:
+        cat.add(residual(demo_text_encoder, fp, 1), "dog-max")  # version 2
+
+    def version(result) -> int:
+        return json.loads(Image.open(result.images[0].path).text["cones2"])["resolved"]["subjects"]["dog"]["version"]
+
+    assert version(comp.render(tmp_path / "pinned", lock=path)) == 1  # the lock beside the file
+    assert version(comp.render(tmp_path / "result", lock=result)) == 1  # the LockResult
+    assert (tmp_path / "pinned" / "beach-3.png").read_bytes() == rendered.images[0].path.read_bytes()
+    assert version(comp.render(tmp_path / "fresh")) == 2  # no lock: resolved afresh
+    with pytest.raises(LockError, match="dog-max@1 -> dog-max@2"):
+        comp.render(tmp_path / "refused", lock=path, locked=True)
+    assert not (tmp_path / "refused").exists()
 
 
 # ---------------------------------------------------------------------------- batches and processes
@@ -246,27 +263,72 @@ def test_batch_over_two_processes_renders_each_image_once(tmp_path, dog_max):
     ok("render", first, second, "-o", tmp_path / "alone")  # one process, one model load
     for name in names:
         assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
-    # and each equals the image rendered alone with its seed
-    ok("render", first, "--seed", "2", "-o", tmp_path / "single")
-    assert np.array_equal(pixels(tmp_path / "single" / "beach-2.png"), pixels(tmp_path / "alone" / "beach-2.png"))
+    # and each equals the image rendered alone with its seed (its own command, its own model load)
+    for path, seed, name in ((first, 1, "beach-1.png"), (first, 2, "beach-2.png"), (second, 7, "park-7.png")):
+        ok("render", path, "--seed", seed, "-o", tmp_path / f"single-{seed}", "--no-contact-sheet")
+        assert np.array_equal(pixels(tmp_path / f"single-{seed}" / name), pixels(tmp_path / "split" / name)), name
 
 
-def test_seeds_batched_in_one_unet_call_match_single_renders_closely(tmp_path, dog_max):
-    """On a CPU a batch of 3 differs from single renders only by float rounding (<= 1/255)."""
-    path = composition(seeds=(1, 2, 3), layout=None).save(tmp_path / "b.cones2.toml")
+def test_ranks_of_accelerate_launch_render_each_image_once(tmp_path, dog_max, monkeypatch):
+    """Under `accelerate launch` (WORLD_SIZE/RANK set) each process renders its share, named as alone."""
+    first = composition(seeds=(1, 2)).save(tmp_path / "beach.cones2.toml")
+    second = composition(seeds=(7,), name="park", prompt="a dog and a mug in the park").save(tmp_path / "park.cones2.toml")
+    ok("lock", first, second)  # the launcher's processes share the locks; none of them writes one
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        data = json.loads(ok("render", "--locked", first, second, "-o", tmp_path / "ranks", "--json"))
+        shares.append(sorted(Path(i["path"]).name for i in data["images"]))
+        assert data["contact_sheet"] is None  # no process sees the whole batch
+    assert shares == [["beach-1.png", "park-7.png"], ["beach-2.png"]]
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("LOCAL_RANK")
+    ok("render", first, second, "-o", tmp_path / "alone")
+    names = sorted(p.name for p in (tmp_path / "ranks").iterdir())
+    assert names == ["beach-1.png", "beach-2.png", "park-7.png"]
+    for name in names:
+        assert (tmp_path / "ranks" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
+def test_seeds_batched_equal_single_renders_bit_for_bit(tmp_path, dog_max):
+    """--batch-size 3 renders the same pixels as three single renders (CPU batches go image by image)."""
+    path = composition(seeds=(1, 2, 3)).save(tmp_path / "b.cones2.toml")
     ok("render", path, "-o", tmp_path / "batched", "--batch-size", "3", "--no-contact-sheet")
-    ok("render", path, "-o", tmp_path / "single", "--batch-size", "1", "--no-contact-sheet")
     for seed in (1, 2, 3):
-        a = pixels(tmp_path / "batched" / f"beach-{seed}.png").astype(int)
-        b = pixels(tmp_path / "single" / f"beach-{seed}.png").astype(int)
-        assert np.abs(a - b).max() <= 1
-    assert not (tmp_path / "single" / "contact-sheet.png").exists()
+        ok("render", path, "--seed", seed, "-o", tmp_path / f"single-{seed}", "--batch-size", "1")
+    for seed in (1, 2, 3):
+        a = pixels(tmp_path / "batched" / f"beach-{seed}.png")
+        b = pixels(tmp_path / f"single-{seed}" / f"beach-{seed}.png")
+        assert np.array_equal(a, b), seed
+    assert not (tmp_path / "batched" / "contact-sheet.png").exists()
+
+
+def test_contact_sheet_has_a_caption_under_each_image(tmp_path, dog_max):
+    path = composition(seeds=(1, 2, 3)).save(tmp_path / "beach.cones2.toml")
+    data = json.loads(ok("render", path, "-o", tmp_path / "out", "--json"))
+    sheet = tmp_path / "out" / "contact-sheet.png"
+    assert data["contact_sheet"] == str(sheet)
+    grid = pixels(sheet)
+    cell, caption = 192, 16
+    assert grid.shape == (cell + caption, 3 * cell, 3)  # 3 thumbnails in a row, a caption strip under them
+    for i, seed in enumerate((1, 2, 3)):
+        image = Image.open(tmp_path / "out" / f"beach-{seed}.png").convert("RGB")
+        assert image.size == (64, 64)
+        thumb = np.asarray(image.resize((cell, cell), Image.Resampling.NEAREST))
+        assert np.array_equal(grid[:cell, i * cell:(i + 1) * cell], thumb)
+        strip = grid[cell:, i * cell:(i + 1) * cell]
+        assert (strip < 128).any() and (strip == 255).mean() > 0.5, "caption text is written on white"
+    # captions differ (name and seed): the strips are not all the same
+    assert not np.array_equal(grid[cell:, :cell], grid[cell:, cell:2 * cell])
 
 
 # ---------------------------------------------------------------------------- refusals
 
 
-def test_render_refusals_are_one_line_and_write_nothing(tmp_path, dog_max, demo_text_encoder, cones2_home):
+def test_render_refusals_are_one_line_and_write_nothing(tmp_path, dog_max, demo_text_encoder, cones2_home, fp):
     from cones2.registry import open_catalogue
 
     path = composition(seeds=(1,)).save(tmp_path / "beach.cones2.toml")
@@ -298,7 +360,22 @@ def test_render_refusals_are_one_line_and_write_nothing(tmp_path, dog_max, demo_
         blob = cat.blob_path(dog_max.sha256())
     blob.chmod(0o644)
     blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")
-    refused("render", path, "-o", out, code=10)
+    refused("render", path, "-o", out, code=10, text="subjects.dog: blob sha256:")
+    assert "is corrupt" in refused("render", "--locked", path, "-o", out, code=10)
+    # a residual file that changed after the lock pinned it
+    mine = residual(demo_text_encoder, fp, 5).save(tmp_path / "mine.safetensors")
+    own = tmp_path / "own.cones2.toml"
+    own.write_text(composition(seeds=(1,)).to_toml().replace('dog = "dog-max"', f'dog = {{ file = "{mine}" }}'))
+    ok("lock", own)
+    own_lock = (tmp_path / "own.cones2.toml.lock").read_text()
+    residual(demo_text_encoder, fp, 6).save(mine)
+    refused("render", "--locked", own, "-o", out, code=10, text="the lock pins")
+    assert (tmp_path / "own.cones2.toml.lock").read_text() == own_lock
+    # --locked with no lock at all: nothing is resolved into a new lock
+    bare = composition(seeds=(1,), name="bare").save(tmp_path / "bare.cones2.toml")
+    refused("render", "--locked", bare, "-o", out, code=14, text="bare.cones2.toml.lock: no lock")
+    refused("lock", "--check", bare, code=14, text="no lock")
+    assert not (tmp_path / "bare.cones2.toml.lock").exists()
     # a PNG without cones2 metadata
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     refused("render", "--from-png", tmp_path / "plain.png", "-o", out, code=2, text="no cones2 metadata")
@@ -417,3 +494,17 @@ def test_render_pulls_a_missing_pinned_subject_from_its_remote(hub_server, monke
     assert (tmp_path / "c-out" / "beach-1.png").read_bytes() == (tmp_path / "b-out" / "beach-1.png").read_bytes()
     with open_catalogue() as cat:
         assert cat.resolve("dog-max@1").sha256 == lock.subjects[0].sha256
+    # version 2 is pushed and pulled: the lock still renders version 1
+    monkeypatch.setenv("CONES2_HOME", str(tmp_path / "a"))
+    with open_catalogue() as cat:
+        cat.add(make_residual(rng.standard_normal((1, 32)).astype("float32"), "dog", [643], fp), "dog-max")
+    push("dog-max@2")
+    monkeypatch.setenv("CONES2_HOME", str(tmp_path / "c"))
+    assert pull("dog-max").version == 2
+    with open_catalogue() as cat:
+        assert cat.resolve("dog-max").version == 2  # the new latest, here
+    lock_text = (tmp_path / "beach.cones2.toml.lock").read_text()
+    ok("render", path, "-o", tmp_path / "after-pull")
+    assert (tmp_path / "after-pull" / "beach-1.png").read_bytes() == (tmp_path / "b-out" / "beach-1.png").read_bytes()
+    assert (tmp_path / "beach.cones2.toml.lock").read_text() == lock_text
+    refused("lock", "--check", path, code=14, text="subjects.dog: dog-max@1 -> dog-max@2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,35 @@ def test_training_resumed_after_two_steps_equals_four_straight(tmp_path: Path) -
         train(tmp_path / "b", 6, config)
 
 
+def test_cosine_learning_rate_decay_added_on_resume(tmp_path: Path) -> None:
+    from cones2.errors import UsageError
+    from cones2.world.train import TrainConfig, read_state, train
+
+    config = TrainConfig(lr=1e-3, warmup=1, decay_start=10, decay_end=20, decay_final=0.1)
+    assert config.lr_at(5) == pytest.approx(1e-3)  # before the decay: constant
+    assert config.lr_at(10) == pytest.approx(1e-3)
+    assert config.lr_at(15) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way down the cosine
+    assert config.lr_at(20) == pytest.approx(1e-4) and config.lr_at(99) == pytest.approx(1e-4)
+    assert TrainConfig().lr_at(5000) == pytest.approx(1e-3)  # off by default
+    with pytest.raises(UsageError, match="decay_final"):
+        TrainConfig(decay_final=1.5)
+
+    # a constant-lr run resumed with a decay from its resumed step on: the new lr is used and recorded
+    flat = TrainConfig(batch_size=2, checkpoint_every=2, keep=1, warmup=1)
+    train(tmp_path / "run", 2, flat)
+    decayed = replace(flat, decay_start=2, decay_end=4, decay_final=0.1)
+    trainer = train(tmp_path / "run", 4, decayed, resume=True)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(decayed.lr_at(3))
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.9e-3
+    state = read_state(tmp_path / "run" / "checkpoint-000004")
+    assert state["config"]["decay_start"] == 2 and state["config"]["decay_end"] == 4
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert log[-1]["lr"] == pytest.approx(decayed.lr_at(3))
+    # a decay that would change steps already taken is refused
+    with pytest.raises(UsageError, match="start it at step 4"):
+        train(tmp_path / "run", 6, replace(decayed, decay_start=1), resume=True)
+
+
 def test_training_cli_refuses_a_bad_encoder(tmp_path: Path) -> None:
     from cones2.world.train import main
 
@@ -235,9 +265,11 @@ def test_eval_world_harness_smoke(world_dir: Path, tmp_path: Path, capsys: pytes
         (subjects / f"{name}.safetensors").write_bytes(data)
     rc = eval_world.main(["--model", str(world_dir), "--prompts", "2", "--layout-prompts", "2", "--steps", "1",
                           "--weights", "0.08", "--ceiling", "8", "--subjects", str(subjects), "--subject-scenes", "1",
-                          "--json"])
+                          "--caption-scales", "2.0", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["scheduler"] == "default" and out["guidance_scale"] == 7.5
+    assert out["caption_by_scale"]["2.0"]["n"] == 2  # (a) again at a lower classifier-free guidance scale
     assert out["detector_ceiling"]["accuracy"] >= 0.85
     assert out["caption"]["n"] == 2 and 0.0 <= out["caption"]["accuracy"] <= 1.0
     assert [r["guidance_weight"] for r in out["layout"]] == [None, 0.08]

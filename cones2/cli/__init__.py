@@ -69,9 +69,9 @@ def whole_summaries(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from . import base_model, compose, generate, hub, quickstart, registry, train
+    from . import base_model, compose, generate, hub, quickstart, registry, studio, train
 
-    for module in (base_model, quickstart, registry, generate, compose, hub, train):
+    for module in (base_model, quickstart, registry, generate, compose, hub, train, studio):
         module.register(main)
     whole_summaries(main)
 

@@ -110,7 +110,7 @@ def lock(files: tuple[str, ...], check: bool, upgrade: bool, upgrade_subject: st
 
 
 class _Progress:
-    """A bar over every image of the batch, opened at the first finished image (so a refusal stays one line)."""
+    """A bar over every image of the batch, opened once every input is checked (a refusal stays one line)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled

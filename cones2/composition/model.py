@@ -492,12 +492,22 @@ class Composition:
 
         return lock_composition(self, path, upgrade=upgrade)
 
-    def render(self, output_dir: str | os.PathLike[str] = ".", **options: Any) -> Any:
-        """Resolve (no lockfile) and render every seed into ``output_dir``; returns a RenderResult."""
+    def render(self, output_dir: str | os.PathLike[str] = ".", *, lock: Any = None, locked: bool = False,
+               **options: Any) -> Any:
+        """Render every seed into ``output_dir``; returns a RenderResult. ``lock``: the composition's
+        file (its ``.lock`` used as by ``cones2 render``; ``locked`` refuses a missing or stale one)
+        or a LockResult; without it the subjects are resolved afresh."""
+        from .lock import LockResult, locked_resolution
         from .render import RenderJob, RenderOptions, render
         from .resolve import resolve
 
-        return render([RenderJob(self, resolve(self))], RenderOptions(output_dir=Path(output_dir), **options))
+        if isinstance(lock, LockResult):
+            resolution = lock.resolution
+        elif lock is not None:
+            resolution, _ = locked_resolution(self, lock, locked=locked)
+        else:
+            resolution = resolve(self)
+        return render([RenderJob(self, resolution)], RenderOptions(output_dir=Path(output_dir), **options))
 
 
 def _sampler_from(data: Any) -> SamplerSettings:

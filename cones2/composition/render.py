@@ -108,7 +108,8 @@ def sampler_arguments(settings: SamplerSettings) -> dict[str, Any]:
 # ---------------------------------------------------------------------- models
 
 
-def _device(name: str | None) -> Any:
+def pick_device(name: str | None) -> Any:
+    """The torch device for ``name`` (None: $CONES2_RENDER_DEVICE, else CUDA when there is one, else the CPU)."""
     import torch
 
     name = name or os.environ.get("CONES2_RENDER_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,8 +131,9 @@ def quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
-class _Pipelines:
-    """Pipelines loaded once per (model folder, dtype) for the whole batch."""
+class PipelineCache:
+    """Pipelines loaded once per (model folder, dtype): for the whole batch, or across renders
+    when a caller (the studio) keeps one and passes it to :func:`render`."""
 
     def __init__(self, device: Any) -> None:
         self.device = device
@@ -181,8 +183,10 @@ def _work(jobs: Sequence[RenderJob]) -> list[tuple[int, int]]:
             if job.only is None or seed in job.only]
 
 
-def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None) -> RenderResult:
-    """Render every seed of every job; see the module docstring."""
+def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None, *,
+           pipelines: PipelineCache | None = None) -> RenderResult:
+    """Render every seed of every job; see the module docstring. ``pipelines``: a cache that
+    keeps models loaded between calls (used when it is for the device this render runs on)."""
     options = options or RenderOptions()
     from ..fsutil import check_writable_folder
 
@@ -203,11 +207,13 @@ def render(jobs: Sequence[RenderJob], options: RenderOptions | None = None) -> R
     rank, world, local_rank = _distributed()
     if world > 1:
         work = work[rank::world]
+    if options.on_image is not None and work:
+        options.on_image(0, len(work))  # everything is checked: the bar opens before the model loads
     if options.num_processes > 1 and len(work) > 1:
         images = _render_in_processes(jobs, work, options)
     else:
         device = options.device or (f"cuda:{local_rank}" if world > 1 and _cuda() else None)
-        images, maps = _render_here(jobs, work, options, device)
+        images, maps = _render_here(jobs, work, options, device, pipelines)
         if maps:
             return RenderResult(tuple(images), _sheet(images, options) if world == 1 else None, tuple(maps))
     return RenderResult(tuple(images), _sheet(images, options) if world == 1 else None)
@@ -227,11 +233,11 @@ def _sheet(images: Sequence[RenderedImage], options: RenderOptions) -> Path | No
 
 
 def _render_here(jobs: Sequence[RenderJob], work: Sequence[tuple[int, int]], options: RenderOptions,
-                 device_name: str | None) -> tuple[list[RenderedImage], list[Path]]:
+                 device_name: str | None, cache: PipelineCache | None = None) -> tuple[list[RenderedImage], list[Path]]:
     import torch
 
-    device = _device(device_name)
-    pipelines = _Pipelines(device)
+    device = pick_device(device_name)
+    pipelines = cache if cache is not None and cache.device == device else PipelineCache(device)
     wanted: dict[int, list[int]] = {}
     for j, k in work:
         wanted.setdefault(j, []).append(k)

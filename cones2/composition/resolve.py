@@ -131,9 +131,9 @@ def base_model_entry(composition: Composition) -> tuple[dict[str, Any], Any]:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    from transformers import CLIPTokenizer
+    from ..base_model import load_tokenizer as base_tokenizer
 
-    return CLIPTokenizer.from_pretrained(str(Path(path) / "tokenizer"))
+    return base_tokenizer(path)
 
 
 def check_words(composition: Composition, tokenizer: Any) -> dict[str, tuple[int, ...]]:

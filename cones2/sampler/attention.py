@@ -192,22 +192,32 @@ class Cones2AttnProcessor:
         if W is not None and W.shape[-1] != k_len:
             raise UsageError(f"layout weight map has {W.shape[-1]} tokens but the text has {k_len}")
 
-        if W is not None and call.recorder is None and not self.eager:
+        if W is not None and not self.eager:
             # std of each conditional row's raw QK^T, in float32 (raw fp16 scores can overflow);
             # the unconditional rows' mask is zero, their factor is 1
+            scores = query[start:].float() @ key[start:].float().transpose(-1, -2)
             std = torch.ones(batch_size, 1, 1, 1, device=query.device, dtype=torch.float32)
-            std[start:] = per_image_std(query[start:].float() @ key[start:].float().transpose(-1, -2))
+            std[start:] = per_image_std(scores)
             mask = (call.mask_base(W, batch_size, start, scale, query.dtype) * std.to(query.dtype))[..., :k_len]
             if attention_mask is not None:
                 mask = mask + attention_mask
             hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
-        elif W is None:  # recording only: explicit softmax over every row, no bias
+            if call.recorder is not None:  # maps on the side: the image is the same with or without them
+                logits = (scores + guidance_bias(scores, W, call.eta, call.sigma)) * scale
+                if attention_mask is not None:
+                    logits = logits + attention_mask[start:].float()
+                call.recorder.add(logits.softmax(dim=-1), q_len)
+        elif W is None:  # recording only, no bias: the stock output, the maps on the side
             scores = (query @ key.transpose(-1, -2)) * scale
             if attention_mask is not None:
                 scores = scores + attention_mask
             probs = scores.softmax(dim=-1)
             call.recorder.add(probs[start:], q_len)
-            hidden_states = probs @ value
+            if self.eager:
+                hidden_states = probs @ value
+            else:
+                hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                                               is_causal=False)
         else:
             # conditional rows: raw scores, bias, scale, softmax -- in float32, on the small
             # pixels x tokens tensor that cross-attention has anyway

@@ -194,10 +194,8 @@ def train_subject(
         pictures = load_images(images, config.resolution)
     info = model_info(None if base is None else str(base))
     check_base_folder(info.path, info.source)
-    from transformers import CLIPTokenizer
-
     with foreign_errors("loading the tokenizer"):
-        tokenizer = CLIPTokenizer.from_pretrained(str(Path(info.path) / "tokenizer"))
+        tokenizer = _load_tokenizer(Path(info.path))
     word_ids = check_word(tokenizer, word, template_set(config.templates))
     check_catalogue(name, word, info.fingerprint, info.source)
     out = Path(output_dir) if output_dir is not None else default_output_dir(name)
@@ -213,6 +211,19 @@ def train_subject(
         run.loop(on_step)
         tuned = run.finish(keep_encoder)
     return _register(run, tuned, name, description, checkpoint)
+
+
+def _is_world(root: Path) -> bool:
+    from ..world.model import is_world_model
+
+    return is_world_model(root)
+
+
+def _load_tokenizer(root: Path) -> Any:
+    """The base model's tokenizer: CLIP's, or the world model's word-level one."""
+    from ..base_model import load_tokenizer
+
+    return load_tokenizer(root)
 
 
 class _Run:
@@ -286,6 +297,12 @@ class _Run:
         from transformers import CLIPTextModel
 
         root = Path(self.info.path)
+        if _is_world(root):  # the world model (cones2.world): its own encoder, VAE and tokenizer classes
+            from ..world.model import load_world_pipeline
+
+            with _quiet_loading():
+                pipe = load_world_pipeline(root)
+            return {"scheduler": pipe.scheduler, "text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae": pipe.vae}
         with _quiet_loading():
             return {
                 "scheduler": DDPMScheduler.from_pretrained(str(root), subfolder="scheduler"),
@@ -376,7 +393,12 @@ class _Run:
             from transformers import CLIPTextModel
 
             with _quiet_loading():
-                base = CLIPTextModel.from_pretrained(str(Path(self.info.path) / "text_encoder"))
+                if _is_world(Path(self.info.path)):
+                    from ..base_model import load_text_encoder
+
+                    base = load_text_encoder(self.info.path)[1]
+                else:
+                    base = CLIPTextModel.from_pretrained(str(Path(self.info.path) / "text_encoder"))
             base.requires_grad_(False)
             self._base = base.eval().to(self.accelerator.device)
         return self._base

@@ -44,6 +44,10 @@ class _Identity:
     def mean(self) -> torch.Tensor:
         return self.x
 
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.zeros_like(self.x)
+
 
 @dataclass
 class _EncoderOutput(BaseOutput):

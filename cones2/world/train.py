@@ -12,19 +12,24 @@ each contains ``pipeline/``, a from_pretrained-loadable world model with the EMA
 evaluation (caption accuracy of the EMA weights on fixed prompts).
 
 Objective (WORLD-NOTES): cosine schedule, v-prediction, min-SNR-5 weighting, AdamW with
-warm-up, gradient clipping, 10 % caption dropout, EMA.
+warm-up, gradient clipping, 10 % caption dropout, EMA. Optional cosine learning-rate
+decay from ``lr`` to ``lr * decay_final`` over steps ``decay_start`` .. ``decay_end``; it
+may be added to a resumed run as long as it starts at or after the resumed step (the steps
+already taken keep their learning rate), e.g.
+``--resume --decay-start 1900 --decay-end 8000 --decay-final 0.1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,8 @@ CHECKPOINT_FORMAT = "cones2-world-checkpoint"
 CHECKPOINT_VERSION = 1
 # settings that do not change the weights: a resumed run may change them
 _SCHEDULE_FIELDS = ("checkpoint_every", "keep", "eval_every", "eval_prompts")
+# the learning-rate decay: a resumed run may add or change it from its resumed step on
+_DECAY_FIELDS = ("decay_start", "decay_end", "decay_final")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class TrainConfig:
     keep: int = 2
     eval_every: int = 0
     eval_prompts: int = 32
+    decay_start: int = 0  # cosine decay of the learning rate: off while decay_end <= decay_start
+    decay_end: int = 0
+    decay_final: float = 0.1  # the learning rate at decay_end, as a fraction of lr
 
     def __post_init__(self) -> None:
         from .model import ENCODERS
@@ -65,6 +75,18 @@ class TrainConfig:
         for name in ("batch_size", "checkpoint_every", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        if not 0.0 <= self.decay_final <= 1.0:
+            raise UsageError("decay_final must be between 0 and 1")
+        if self.decay_start < 0 or self.decay_end < 0:
+            raise UsageError("decay_start and decay_end must be >= 0")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (0-based) ``step``: linear warm-up, then constant or cosine decay."""
+        factor = min(1.0, (step + 1) / max(1, self.warmup))
+        if self.decay_end > self.decay_start and step >= self.decay_start:
+            progress = min(1.0, (step - self.decay_start) / (self.decay_end - self.decay_start))
+            factor *= self.decay_final + (1.0 - self.decay_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * factor
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -121,7 +143,7 @@ class Trainer:
         self.step = 0
 
     def lr_at(self, step: int) -> float:
-        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
+        return self.config.lr_at(step)
 
     def train_step(self) -> float:
         import torch
@@ -244,9 +266,14 @@ def train(
     if found:
         saved = TrainConfig.from_dict(read_state(found[-1])["config"])
         if config is not None:
-            changed = sorted(k for k, v in asdict(config).items() if k not in _SCHEDULE_FIELDS and asdict(saved)[k] != v)
+            skip = _SCHEDULE_FIELDS + _DECAY_FIELDS
+            changed = sorted(k for k, v in asdict(config).items() if k not in skip and asdict(saved)[k] != v)
             if changed:
                 raise UsageError(f"{out}: resuming with different settings ({', '.join(changed)}); use a new --out")
+            at = int(read_state(found[-1])["step"])
+            if any(config.lr_at(s) != saved.lr_at(s) for s in range(at)):
+                raise UsageError(f"{out}: the new learning-rate decay changes steps already taken; "
+                                 f"start it at step {at} or later")
         config = config or saved
     config = config or TrainConfig()
     trainer = Trainer(config)
@@ -297,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:
-        config = None if (args.resume and not given and checkpoints(Path(args.out))) else TrainConfig(**given)
+        found = checkpoints(Path(args.out)) if args.resume else []
+        if found:  # resuming: the saved settings, with the ones given on the command line changed
+            saved = TrainConfig.from_dict(read_state(found[-1])["config"])
+            config = replace(saved, **given) if given else None
+        else:
+            config = TrainConfig(**given)
         trainer = train(args.out, args.steps, config, resume=args.resume)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
