@@ -7,10 +7,8 @@ Over a fixed prompt set at fixed seeds, with the classical detector of cones2.wo
   (b) layout accuracy: mean IoU of each object's detected box with its asked box and hit rate
       (IoU >= 0.5), without guidance and with it at the reference's settings (guidance on all
       steps, self-recurrence on), the guidance weight swept over --weights (default 0.04 0.08 0.16);
-  (c) subject fidelity and leakage of each learned subject alone, and
-  (d) compositions of 2, 3 and 4 subjects with and without layouts -- both need residuals made
-      with ``cones2 train`` on cones2.world.scenes.variant_images: pass --subjects DIR holding
-      <variant>.safetensors (striped-circle, dotted-square, hollow-triangle, striped-star).
+  (c)/(d) subject fidelity and leakage, alone and in compositions of 2-4 subjects, need subjects
+      learned with ``cones2 train``: benchmarks/eval_world_subjects.py learns and measures them.
   (0) the detector's ceiling: caption accuracy on the ground-truth renders.
 
 Usage:
@@ -80,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure (a) at these classifier-free guidance scales")
     parser.add_argument("--scheduler", default="default",
                         help="sampler scheduler: default (the model's own DDIM, v-prediction; default) or reference (LMS order 1)")
-    parser.add_argument("--subjects", type=Path, help="folder of <variant>.safetensors residuals for (c)/(d)")
-    parser.add_argument("--subject-scenes", type=int, default=16)
     parser.add_argument("--ceiling", type=int, default=200, help="ground-truth scenes for the detector ceiling (default 200)")
     parser.add_argument("--grid", type=Path, help="write a sample grid PNG (layout, unguided, guided)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -122,20 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     results["layout"] = layout
     if args.grid and guided_imgs is not None:
         write_grid(args.grid, scenes[:8], guided_imgs[:8], unguided.images[:8])
-    if args.subjects:
-        from cones2.residual_file import read_residual
-
-        residuals = {p.stem: read_residual(p) for p in sorted(args.subjects.glob("*.safetensors"))}
-        subj: list[dict[str, Any]] = []
-        names = [v for v in ("striped-circle", "dotted-square", "hollow-triangle", "striped-star") if v in residuals]
-        for k in range(1, len(names) + 1):
-            sets = [[v] for v in names] if k == 1 else [names[:k]]
-            for chosen in sets:
-                comp = ev.composition_scenes(chosen, args.subject_scenes)
-                for guided in (False, True):
-                    r = ev.subject_accuracy(pipe, {v: residuals[v] for v in chosen}, comp, guided=guided, **sample)
-                    subj.append(r.summary())
-        results["subjects"] = subj
     results["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -155,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         name = "unguided" if r["guidance_weight"] is None else f"guided, weight {r['guidance_weight']}"
         print(f"  {name:<25} {r['objects']:>7}  {r['mean_iou']:8.2f}  {r['hit_rate']:8.2f}  "
               + "  ".join(f"{v:9.2f}" for v in r["hit_by_count"].values()))
-    for r in results.get("subjects", []):
-        print(f"(c/d) {'+'.join(r['subjects'])} guided={r['guided']}: fidelity {r['fidelity']} leakage {r['leakage']}")
     return 0
 
 

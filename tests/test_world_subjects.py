@@ -100,7 +100,7 @@ def test_variants_train_on_the_world_model_and_measure_through_render(world_dir:
             assert set(table) == set(r.subjects) and all(v in (0.0, 1.0) for v in table.values())
 
     # the residual reaches the image: with the subject differs from without it (same seed, same scene)
-    from cones2.world.evaluate import composition_scenes
+    from cones2.world.subjects import composition_scenes
 
     scene = composition_scenes(["striped-circle"], 1)[0]
     with_s, without = subjects.render_compositions([

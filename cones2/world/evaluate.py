@@ -9,22 +9,22 @@ Each function samples a fixed prompt set at fixed seeds through a
 * :func:`layout_accuracy` -- (b): IoU of each object's detected box (the largest object of
   its colour) with the box it was asked for, and the hit rate (IoU >= 0.5); unguided
   (``guidance_weight=None``) or guided on the object's colour and shape words.
-* :func:`subject_accuracy` -- (c)/(d): with learned subject residuals (``cones2 train``),
-  how often each subject's pattern appears on its object (fidelity) and on the other
-  objects (leakage), with or without its layout.
+
+Subject fidelity and leakage, (c)/(d), are measured by :mod:`cones2.world.subjects` through
+compositions (``benchmarks/eval_world_subjects.py``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .detect import Detection, box_iou, detect, match_caption
-from .scenes import VARIANTS, Scene, SceneObject, sample_scene
+from .scenes import Scene, SceneObject, sample_scene
 
 EVAL_SEED_BASE = 900_000_000  # scene seeds never used in training (which uses seed * 1e9 + step * batch)
 
@@ -148,56 +148,3 @@ def layout_accuracy(pipe: Any, scenes: Sequence[Scene], *, guidance_weight: floa
                         hit_rate=float((arr >= 0.5).mean()) if len(arr) else 0.0,
                         hit_by_count={k: float(np.mean(v)) for k, v in sorted(by_count.items())},
                         images=images if keep_images else [])
-
-
-# --------------------------------------------------------------------------- subjects (c)/(d)
-
-
-def composition_scenes(variants: Sequence[str], n: int, seed: int = 0) -> list[Scene]:
-    """``n`` scenes with one object per variant (its class shape and colour), placed at random."""
-    out = []
-    for i in range(n):
-        base = sample_scene(EVAL_SEED_BASE + 50_000_000 + seed * 100_000 + i * 7 + len(variants), count=len(variants),
-                            textured=False)
-        objs = tuple(SceneObject(VARIANTS[v].shape, VARIANTS[v].colour, o.cx, o.cy, o.r) for v, o in zip(variants, base.objects, strict=True))
-        out.append(Scene(objs, seed=base.seed))
-    return out
-
-
-@dataclass
-class SubjectResult:
-    """Per subject: fidelity (its pattern on its object) and leakage (its pattern on the others)."""
-
-    subjects: list[str]
-    guided: bool
-    scenes: int
-    fidelity: dict[str, float]
-    leakage: dict[str, float]
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def subject_accuracy(pipe: Any, residuals: Mapping[str, Any], scenes: Sequence[Scene], *, guided: bool,
-                     guidance_weight: float = 0.08, steps: int = 20, guidance_scale: float = 7.5,
-                     **pipe_kwargs: Any) -> SubjectResult:
-    """(c)/(d) ``residuals`` maps a variant name (``striped-circle``) to its residual (file, ref or object)."""
-    names = list(residuals)
-    subjects = {VARIANTS[v].word: residuals[v] for v in names}
-    fid: dict[str, list[float]] = defaultdict(list)
-    leak: dict[str, list[float]] = defaultdict(list)
-    for scene in scenes:
-        kwargs = dict(pipe_kwargs)
-        if guided:
-            kwargs.update(layout=scene_layout(scene), guidance_weight=guidance_weight)
-        img = _images(pipe, [scene.caption], [scene.seed], num_inference_steps=steps, guidance_scale=guidance_scale,
-                      subjects=subjects, **kwargs)[0]
-        det = detect(img)
-        for v in names:
-            var = VARIANTS[v]
-            own = [d for d in det if d.colour == var.colour]
-            fid[v].append(float(bool(own) and own[0].pattern == var.pattern))
-            others = [d for d in det if d.colour != var.colour]
-            leak[v].append(float(any(d.pattern == var.pattern for d in others)) if others else 0.0)
-    return SubjectResult(names, guided, len(scenes), {k: float(np.mean(v)) for k, v in fid.items()},
-                         {k: float(np.mean(v)) for k, v in leak.items()})

@@ -29,11 +29,24 @@ from typing import Any
 
 import numpy as np
 
-from .scenes import VARIANTS, Scene
+from .evaluate import EVAL_SEED_BASE
+from .scenes import VARIANTS, Scene, SceneObject, sample_scene
 
 #: the sampler the harness uses unless told otherwise: the model's own scheduler (DDIM,
 #: v-prediction), 20 steps, the reference's guidance weight
 DEFAULT_SETTINGS = {"scheduler": "default", "steps": 20, "guidance_scale": 7.5, "guidance_weight": 0.08}
+
+
+def composition_scenes(variants: Sequence[str], n: int, seed: int = 0) -> list[Scene]:
+    """``n`` scenes with one object per variant (its class shape and colour), placed at random."""
+    out = []
+    for i in range(n):
+        base = sample_scene(EVAL_SEED_BASE + 50_000_000 + seed * 100_000 + i * 7 + len(variants), count=len(variants),
+                            textured=False)
+        objs = tuple(SceneObject(VARIANTS[v].shape, VARIANTS[v].colour, o.cx, o.cy, o.r)
+                     for v, o in zip(variants, base.objects, strict=True))
+        out.append(Scene(objs, seed=base.seed))
+    return out
 
 
 def harness_settings(**overrides: Any) -> Any:
@@ -161,7 +174,6 @@ def pattern_ceiling(cases: Sequence[Sequence[str]], scenes_per_case: int, *, see
     from dataclasses import replace
 
     from .detect import detect
-    from .evaluate import composition_scenes
 
     out = []
     for case in cases:
@@ -180,7 +192,6 @@ def measure(model: str | Path, refs: Mapping[str, str], cases: Sequence[Sequence
             settings: Any | None = None, guided: Sequence[bool] = (False, True), seed: int = 0) -> list[SubjectScores]:
     """(c)/(d): for each case (variants used together), ``scenes_per_case`` scenes holding one object
     per variant, rendered with and without the subjects, unguided and/or guided."""
-    from .evaluate import composition_scenes
 
     settings = settings if settings is not None else harness_settings()
     plan: list[tuple[list[str], bool, list[Scene]]] = []
