@@ -16,7 +16,7 @@ bit for bit, on every machine.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +219,15 @@ def sample_scene(
     colours: tuple[str, ...] = tuple(COLOURS),
     textured: bool | None = None,
     size: int = SIZE,
+    pattern_rate: float = 0.0,
 ) -> Scene:
-    """A random scene, a pure function of ``seed`` (and the keyword choices)."""
+    """A random scene, a pure function of ``seed`` (and the keyword choices).
+
+    ``pattern_rate``: the chance that an object is drawn with a pattern (stripes, dots or
+    hollow) its caption does not mention -- so a base model trained on such scenes can draw
+    patterns, and a subject variant has a pattern to learn. At 0 (the default) no extra
+    random numbers are drawn: the scenes are those of a run without patterns.
+    """
     rng = np.random.default_rng([seed, 20231126])
     n = count if count is not None else int(rng.choice(4, p=COUNT_WEIGHTS)) + 1
     if not 1 <= n <= min(4, len(colours)):
@@ -238,6 +245,10 @@ def sample_scene(
     objs = tuple(
         SceneObject(s, c, cx, cy, r) for s, c, (cx, cy), r in zip(picked, cols, centres, radii, strict=True)
     )
+    if pattern_rate > 0:
+        marked = rng.random(n) < pattern_rate
+        kinds = rng.choice(PATTERNS[1:], n)
+        objs = tuple(replace(o, pattern=str(k)) if m else o for o, m, k in zip(objs, marked, kinds, strict=True))
     return Scene(objs, textured=tex, seed=seed, size=size)
 
 

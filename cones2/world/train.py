@@ -66,6 +66,7 @@ class TrainConfig:
     decay_start: int = 0  # cosine decay of the learning rate: off while decay_end <= decay_start
     decay_end: int = 0
     decay_final: float = 0.1  # the learning rate at decay_end, as a fraction of lr
+    pattern_rate: float = 0.0  # chance of an uncaptioned pattern on each object (see scenes.sample_scene)
 
     def __post_init__(self) -> None:
         from .model import ENCODERS
@@ -75,6 +76,8 @@ class TrainConfig:
         for name in ("batch_size", "checkpoint_every", "keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        if not 0.0 <= self.pattern_rate <= 1.0:
+            raise UsageError("pattern_rate must be between 0 and 1")
         if not 0.0 <= self.decay_final <= 1.0:
             raise UsageError("decay_final must be between 0 and 1")
         if self.decay_start < 0 or self.decay_end < 0:
@@ -105,7 +108,7 @@ def make_batch(config: TrainConfig, step: int, tokenizer: Any) -> tuple[Any, Any
 
     b = config.batch_size
     base = config.seed * 1_000_000_000 + step * b
-    images, captions, _ = scene_batch(range(base, base + b))
+    images, captions, _ = scene_batch(range(base, base + b), pattern_rate=config.pattern_rate)
     drop = np.random.default_rng([config.seed, step, 1]).random(b) < config.caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -316,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--export", metavar="DIR", help="after training, copy the newest pipeline/ to DIR")
+    parser.add_argument("--export-weights", metavar="FILE",
+                        help="after training, write the newest EMA weights as one safetensors file (the shipped "
+                             "cones2/world/weights/world.safetensors is made this way)")
     for f in fields(TrainConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     args = parser.parse_args(argv)
@@ -337,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         newest = checkpoints(Path(args.out))[-1] / "pipeline"
         shutil.copytree(newest, args.export, dirs_exist_ok=True)
+    if args.export_weights:
+        from .pretrained import export_weights
+
+        export_weights(checkpoints(Path(args.out))[-1] / "pipeline", args.export_weights)
     print(json.dumps({"step": trainer.step, "out": str(args.out)}))
     return 0
 
