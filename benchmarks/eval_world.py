@@ -51,17 +51,30 @@ def newest_pipeline(run: Path) -> Path:
 
 
 def write_grid(path: Path, scenes: list, guided: list[np.ndarray], unguided: list[np.ndarray], scale: int = 4) -> None:
-    """Rows: ground truth (the layout), unguided, guided; one column per scene; captions below in a text file."""
-    from PIL import Image
+    """One row per scene: its prompt, its layout (each object's box in its colour), unguided, guided."""
+    import textwrap
 
-    cols = []
-    for scene, u, g in zip(scenes, unguided, guided, strict=False):
-        cols.append(np.concatenate([scene.render(), u, g], axis=0))
-    grid = np.concatenate(cols, axis=1)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-    path.with_suffix(".txt").write_text(
-        "rows: layout (ground-truth render), unguided, guided\n" + "\n".join(f"{i}: {s.caption}" for i, s in enumerate(scenes)) + "\n"
-    )
+    from PIL import Image, ImageDraw
+
+    from cones2.world.scenes import BACKGROUND, COLOURS
+
+    cell, text_w, head = 32 * scale, 260, 18
+    grid = Image.new("RGB", (text_w + 3 * (cell + 4), head + len(scenes) * (cell + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, label in enumerate(("layout", "unguided", "guided (eta 0.08)")):
+        draw.text((text_w + i * (cell + 4) + 2, 3), label, fill=(0, 0, 0))
+    draw.text((4, 3), "prompt", fill=(0, 0, 0))
+    for row, (scene, u, g) in enumerate(zip(scenes, unguided, guided, strict=False)):
+        y = head + row * (cell + 4)
+        draw.multiline_text((4, y + 4), "\n".join(textwrap.wrap(scene.caption, 40)), fill=(0, 0, 0))
+        layout = Image.new("RGB", (cell, cell), BACKGROUND)
+        boxes = ImageDraw.Draw(layout)
+        for obj, box in zip(scene.objects, scene.boxes(), strict=True):
+            boxes.rectangle([v * scale for v in box], outline=COLOURS[obj.colour], width=3)
+        grid.paste(layout, (text_w, y))
+        for k, img in enumerate((u, g), start=1):
+            grid.paste(Image.fromarray(img).resize((cell, cell), Image.NEAREST), (text_w + k * (cell + 4), y))
+    grid.save(path)
 
 
 def main(argv: list[str] | None = None) -> int:

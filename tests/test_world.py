@@ -193,6 +193,13 @@ def _weights(trainer) -> dict:  # noqa: ANN001
     return {k: v.clone() for k, v in {**trainer.unet.state_dict(), **trainer.ema_text_encoder.state_dict()}.items()}
 
 
+def _weights_of(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(checkpoint / "weights.safetensors"))
+    return {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(("unet.", "ema_text_encoder."))}
+
+
 def test_training_resumed_after_two_steps_equals_four_straight(tmp_path: Path) -> None:
     from cones2.errors import UsageError
     from cones2.world.model import load_world_pipeline
@@ -217,6 +224,25 @@ def test_training_resumed_after_two_steps_equals_four_straight(tmp_path: Path) -
         train(tmp_path / "b", 6, TrainConfig(batch_size=3), resume=True)
     with pytest.raises(UsageError, match="already holds checkpoints"):
         train(tmp_path / "b", 6, config)
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path: Path) -> None:
+    from cones2.errors import UsageError
+    from cones2.world.train import TrainConfig, read_state, train
+
+    base = TrainConfig(batch_size=2, checkpoint_every=2, keep=1)
+    train(tmp_path / "base", 2, base)
+    start = tmp_path / "base" / "checkpoint-000002"
+    fine = replace(base, init_from=str(start), pattern_rate=0.5)
+    # zero steps: the new run holds exactly the weights it started from (raw and EMA)
+    assert all(np.array_equal(v.numpy(), _weights_of(start)[k].numpy()) for k, v in _weights(train(tmp_path / "f0", 0, fine)).items())
+    tuned = train(tmp_path / "fine", 2, fine)
+    assert tuned.step == 2
+    scratch = _weights(train(tmp_path / "scratch", 2, replace(base, pattern_rate=0.5)))
+    assert any(not np.array_equal(v.numpy(), scratch[k].numpy()) for k, v in _weights(tuned).items())
+    assert read_state(tmp_path / "fine" / "checkpoint-000002")["config"]["init_from"] == str(start)
+    with pytest.raises(UsageError, match="encoder checkpoint"):
+        train(tmp_path / "clip", 1, replace(fine, encoder="clip"))
 
 
 def test_cosine_learning_rate_decay_added_on_resume(tmp_path: Path) -> None:

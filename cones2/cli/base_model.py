@@ -11,18 +11,28 @@ from ._output import emit, json_option
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights are a function of the seed.")
 @click.option("--force", is_flag=True, help="Replace a non-empty DIRECTORY.")
+@click.option("--world", is_flag=True,
+              help="Write the trained world model (32 px shape scenes) instead of the random SD-2-style one.")
 @json_option
-def demo_model(directory: str, seed: int, force: bool, as_json: bool) -> None:
-    """Write a tiny random SD-2-style diffusers model to DIRECTORY (no download)."""
+def demo_model(directory: str, seed: int, force: bool, world: bool, as_json: bool) -> None:
+    """Write a demo base model to DIRECTORY (no download): tiny and random, or --world."""
     from ..base_model import model_info
-    from ..demo_model import DEMO_NOTICE, build_demo_model
 
-    path = build_demo_model(directory, seed=seed, overwrite=force)
+    if world:
+        from ..world.pretrained import WORLD_NOTICE, read_metadata, write_world_model
+
+        path = write_world_model(directory, overwrite=force)
+        notice, extra = WORLD_NOTICE, {"step": read_metadata()["info"].get("step")}
+    else:
+        from ..demo_model import DEMO_NOTICE, build_demo_model
+
+        path = build_demo_model(directory, seed=seed, overwrite=force)
+        notice, extra = DEMO_NOTICE, {"seed": seed}
     info = model_info(str(path))
     emit(
-        {"path": str(path), "seed": seed, "fingerprint": info.fingerprint, "notice": DEMO_NOTICE},
+        {"path": str(path), **extra, "fingerprint": info.fingerprint, "notice": notice},
         as_json,
-        lambda: click.echo(f"Wrote the {DEMO_NOTICE} to {path}\nfingerprint {info.fingerprint}"),
+        lambda: click.echo(f"Wrote the {notice} to {path}\nfingerprint {info.fingerprint}"),
     )
 
 

@@ -16,7 +16,9 @@ warm-up, gradient clipping, 10 % caption dropout, EMA. Optional cosine learning-
 decay from ``lr`` to ``lr * decay_final`` over steps ``decay_start`` .. ``decay_end``; it
 may be added to a resumed run as long as it starts at or after the resumed step (the steps
 already taken keep their learning rate), e.g.
-``--resume --decay-start 1900 --decay-end 8000 --decay-final 0.1``.
+``--resume --decay-start 1900 --decay-end 8000 --decay-final 0.1``. ``--init-from CHECKPOINT``
+starts a new run from another run's weights (a fine-tune, e.g. with ``--pattern-rate``);
+the checkpoint's path is part of the new run's settings.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class TrainConfig:
     decay_end: int = 0
     decay_final: float = 0.1  # the learning rate at decay_end, as a fraction of lr
     pattern_rate: float = 0.0  # chance of an uncaptioned pattern on each object (see scenes.sample_scene)
+    init_from: str = ""  # a checkpoint folder of another run: start from its weights (not its optimiser or step)
 
     def __post_init__(self) -> None:
         from .model import ENCODERS
@@ -222,15 +225,24 @@ class Trainer:
 
     def load(self, folder: Path) -> None:
         import torch
+
+        info = self.load_weights(folder)
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.step = int(info["step"])
+
+    def load_weights(self, folder: Path) -> dict[str, Any]:
+        """The weights (raw and EMA) of checkpoint ``folder``; returns its state."""
         from safetensors.torch import load_file
 
         info = read_state(folder)
+        if info["config"].get("encoder", "phrase") != self.config.encoder:
+            raise UsageError(f"{folder}: a {info['config'].get('encoder')!r}-encoder checkpoint, "
+                             f"not {self.config.encoder!r}")
         tensors = load_file(str(folder / "weights.safetensors"))
         for prefix, model in (("unet.", self.unet), ("text_encoder.", self.text_encoder),
                               ("ema_unet.", self.ema_unet), ("ema_text_encoder.", self.ema_text_encoder)):
             model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        self.step = int(info["step"])
+        return info
 
 
 def read_state(folder: Path) -> dict[str, Any]:
@@ -284,6 +296,8 @@ def train(
         trainer.load(found[-1])
     elif checkpoints(out):
         raise UsageError(f"{out} already holds checkpoints: pass --resume, or use a new folder")
+    elif config.init_from:
+        trainer.load_weights(Path(config.init_from))
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train.log").open("a")
     losses: list[float] = []
