@@ -53,6 +53,7 @@ def export_weights(pipeline_dir: str | Path, out: str | Path, *, evaluation: dic
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the file is meant to be shared
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
