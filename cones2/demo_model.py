@@ -45,13 +45,9 @@ def build_demo_model(directory: str | Path, seed: int = DEFAULT_SEED, overwrite:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        if not overwrite:
-            from .errors import UsageError
+    from .fsutil import clear_output_folder
 
-            raise UsageError(f"{directory} exists and is not empty (use overwrite=True / --force)")
-        shutil.rmtree(directory)
+    directory = clear_output_folder(directory, overwrite=overwrite)
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, src in tokenizer_files().items():

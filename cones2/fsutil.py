@@ -37,6 +37,21 @@ def atomic_write_bytes(
     return path
 
 
+def clear_output_folder(directory: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Make ``directory`` ready to be written: an empty or missing folder as it is; a non-empty
+    one removed when ``overwrite``, else refused with one line."""
+    import shutil
+
+    from .errors import UsageError
+
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{directory} exists and is not empty (use overwrite=True / --force)")
+        shutil.rmtree(directory)
+    return directory
+
+
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Persist a rename inside ``directory`` (no-op where the OS cannot open folders)."""
     try:

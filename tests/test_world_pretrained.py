@@ -79,6 +79,12 @@ def test_damaged_or_foreign_weights_are_refused_in_one_line(tmp_path: Path) -> N
     with pytest.raises(BaseModelError, match="the unet weights do not fit the world model"):
         write_world_model(tmp_path / "c", weights=wrong)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # with overwrite, a damaged file still leaves an existing folder as it was
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "note.txt").write_text("mine")
+    with pytest.raises(BaseModelError, match="do not fit"):
+        write_world_model(tmp_path / "kept", weights=wrong, overwrite=True)
+    assert (tmp_path / "kept" / "note.txt").read_text() == "mine"
 
 
 def test_shipped_model_draws_the_asked_objects_and_layout_guidance_moves_them(shipped: Path) -> None:

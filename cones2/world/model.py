@@ -126,20 +126,19 @@ def save_world_pipeline(pipe: Any, directory: str | Path, info: dict[str, Any]) 
     return directory
 
 
+def world_pipeline(*, seed: int = 0, encoder: str = "phrase") -> Any:
+    """An untrained world :class:`~cones2.sampler.Cones2Pipeline` (random weights from ``seed``)."""
+    tokenizer = build_tokenizer()
+    return assemble(build_unet(seed + 1), build_text_encoder(tokenizer, encoder, seed), tokenizer)
+
+
 def build_world_model(directory: str | Path, *, seed: int = 0, encoder: str = "phrase", overwrite: bool = False) -> Path:
     """Write an untrained world model folder (random weights, deterministic from ``seed``)."""
-    import shutil
+    from ..fsutil import clear_output_folder
 
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        if not overwrite:
-            from ..errors import UsageError
-
-            raise UsageError(f"{directory} exists and is not empty (use overwrite=True / --force)")
-        shutil.rmtree(directory)
-    tokenizer = build_tokenizer()
-    pipe = assemble(build_unet(seed + 1), build_text_encoder(tokenizer, encoder, seed), tokenizer)
-    return save_world_pipeline(pipe, directory, {"name": "cones2-world", "encoder": encoder, "seed": seed, "step": 0})
+    directory = clear_output_folder(directory, overwrite=overwrite)
+    return save_world_pipeline(world_pipeline(seed=seed, encoder=encoder), directory,
+                               {"name": "cones2-world", "encoder": encoder, "seed": seed, "step": 0})
 
 
 def is_world_model(directory: str | Path) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,9 @@ _PARTS = ("unet", "text_encoder")
 
 def export_weights(pipeline_dir: str | Path, out: str | Path, *, evaluation: dict[str, Any] | None = None) -> Path:
     """Write the UNet and text encoder of a world pipeline folder to one safetensors file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from ..fsutil import atomic_write_bytes
     from .model import WORLD_MARKER, load_world_pipeline
 
     pipeline_dir, out = Path(pipeline_dir), Path(out)
@@ -48,16 +47,7 @@ def export_weights(pipeline_dir: str | Path, out: str | Path, *, evaluation: dic
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": json.dumps(info, sort_keys=True)}
     if evaluation is not None:
         meta["evaluation"] = json.dumps(evaluation, sort_keys=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the file is meant to be shared
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(out, save(tensors, metadata=meta))
     return out
 
 
@@ -82,36 +72,27 @@ def read_metadata(weights: str | Path = WEIGHTS) -> dict[str, Any]:
 
 
 def write_world_model(directory: str | Path, *, weights: str | Path = WEIGHTS, overwrite: bool = False) -> Path:
-    """Write the trained world model as a diffusers pipeline folder (loadable with ``from_pretrained``)."""
-    import shutil
+    """Write the trained world model as a diffusers pipeline folder (loadable with ``from_pretrained``).
 
-    from safetensors.torch import load_file
+    The weights are read and fitted to the architecture before ``directory`` is touched, so a
+    damaged file leaves an existing folder as it was, even with ``overwrite``.
+    """
+    from safetensors.torch import load
 
-    from .model import (
-        assemble,
-        build_text_encoder,
-        build_tokenizer,
-        build_unet,
-        save_world_pipeline,
-    )
+    from ..fsutil import clear_output_folder
+    from .model import save_world_pipeline, world_pipeline
 
-    directory, weights = Path(directory), Path(weights)
-    meta = read_metadata(weights)
-    info = dict(meta["info"])
-    if directory.exists() and any(directory.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{directory} exists and is not empty (use overwrite=True / --force)")
-        shutil.rmtree(directory)
-    tensors = load_file(str(weights))
-    tokenizer = build_tokenizer()
-    unet = build_unet(int(info.get("seed", 0)) + 1)
-    encoder = build_text_encoder(tokenizer, str(info.get("encoder", "phrase")), int(info.get("seed", 0)))
-    for part, model in (("unet", unet), ("text_encoder", encoder)):
+    weights = Path(weights)
+    info = dict(read_metadata(weights)["info"])
+    data = weights.read_bytes()
+    tensors = load(data)
+    pipe = world_pipeline(seed=int(info.get("seed", 0)), encoder=str(info.get("encoder", "phrase")))
+    for part in _PARTS:
         state = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
         try:
-            model.load_state_dict(state, strict=True)
+            getattr(pipe, part).load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise BaseModelError(f"{weights}: the {part} weights do not fit the world model ({first})") from None
-    info["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return save_world_pipeline(assemble(unet, encoder, tokenizer), directory, info)
+    info["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    return save_world_pipeline(pipe, clear_output_folder(directory, overwrite=overwrite), info)
